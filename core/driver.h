@@ -1,0 +1,157 @@
+/*
+ * driver.h - the contract between the core and a format driver.
+ *
+ * A format (raw, qcow2, ...) is one const struct vdk_driver, listed in
+ * formats/registry.c. This header is the only core header a format includes
+ * (it pulls in the file layer, the table cache and the byte-order helpers).
+ * Formats never see Lua or libuv.
+ *
+ * Only the core calls the slots, through the vdk_image_* wrappers, which have
+ * already checked that the range lies inside the virtual size, that the image
+ * is writable for write slots, and that lengths are non-zero. Slots run on any
+ * thread; a driver with .parallel = true must lock its own metadata, a driver
+ * without it gets one call at a time (the core holds a per-image mutex).
+ *
+ * Every slot returns 0 or a negative code (negated errno or VDK_E*). On
+ * failure it fills err through vdk_fail() with a message that names the
+ * structure and offset; the core prefixes the image's file name.
+ *
+ * Fields are only ever appended, and initialised with designated initializers.
+ */
+#ifndef VDK_DRIVER_H
+#define VDK_DRIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache.h"
+#include "endian.h"
+#include "file.h"
+#include "vdk.h"
+
+/* Options parsed from vdk_kv pairs; each getter marks its key as used. */
+typedef struct vdk_opts {
+    const vdk_kv *kv;
+    size_t n;
+    uint64_t used; /* bit i set when kv[i] was read (at most 64 options) */
+} vdk_opts;
+
+/* Arguments of the create slot. */
+typedef struct vdk_create_args {
+    const char *path;    /* the new image's path, as given */
+    uint64_t size;       /* virtual size; VDK_SIZE_FROM_BACKING when not given */
+    vdk_opts *opts;      /* format options; the driver must use or reject each */
+} vdk_create_args;
+
+struct vdk_driver {
+    /* Required. */
+    const char *name;
+    /* Score in 0..100 for how surely the first bytes of a file (len may be
+     * short, even 0) are this format. raw answers 1; a magic match 100. */
+    int (*probe)(const uint8_t *buf, size_t len);
+    /* Parse and validate the image in img's file; set size (and cluster
+     * size, backing name) through the vdk_image_set_* calls; keep private
+     * state with vdk_image_set_priv. Must not leave anything allocated on
+     * failure. */
+    int (*open)(vdk_image *img, vdk_error *err);
+    /* Release private state. The core has flushed already (when writable). */
+    void (*close)(vdk_image *img);
+    int (*pread)(vdk_image *img, void *buf, size_t len, uint64_t off, vdk_error *err);
+    int (*pwrite)(vdk_image *img, const void *buf, size_t len, uint64_t off,
+                  vdk_error *err);
+    /* Write back cached metadata in a safe order, then vdk_file_flush. */
+    int (*flush)(vdk_image *img, vdk_error *err);
+
+    /* Optional: NULL means "not supported" unless said otherwise. */
+
+    /* Write a new image into an empty, locked, writable file. */
+    int (*create)(vdk_file *file, const vdk_create_args *args, vdk_error *err);
+    /* NULL: the core writes zero buffers. */
+    int (*write_zeroes)(vdk_image *img, uint64_t len, uint64_t off, unsigned flags,
+                        vdk_error *err);
+    /* NULL: discard is a successful no-op. */
+    int (*discard)(vdk_image *img, uint64_t len, uint64_t off, vdk_error *err);
+    /*
+     * Status of this layer only, for the range starting at off: fill ext with
+     * start = off, 0 < length <= len, and flags from VDK_BS_DATA, VDK_BS_ZERO,
+     * VDK_BS_ALLOCATED (this layer defines the range; without it the core
+     * asks the backing file), VDK_BS_OFFSET_VALID (+ offset in this layer's
+     * file), VDK_BS_COMPRESSED. NULL: everything is allocated data.
+     */
+    int (*block_status)(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *ext,
+                        vdk_error *err);
+    /* Change the virtual size (the core has checked shrink permission). */
+    int (*resize)(vdk_image *img, uint64_t size, int prealloc, unsigned flags,
+                  vdk_error *err);
+    /* Fill the format-specific part of info (vdk_info_add_*). */
+    int (*info)(vdk_image *img, vdk_format_info *info, vdk_error *err);
+    /* Write whole clusters compressed. */
+    int (*pwrite_compressed)(vdk_image *img, const void *buf, size_t len, uint64_t off,
+                             vdk_error *err);
+    /* The driver locks its own metadata and may be called concurrently. */
+    bool parallel;
+};
+
+/* The built-in drivers (formats/registry.c), NULL-terminated. */
+extern const struct vdk_driver *const vdk_builtin_drivers[];
+
+/* ---------------------------------------------------------------- image accessors */
+
+vdk_file *vdk_image_file(const vdk_image *img);
+void *vdk_image_priv(const vdk_image *img);
+void vdk_image_set_priv(vdk_image *img, void *priv);
+void vdk_image_set_size(vdk_image *img, uint64_t size);
+void vdk_image_set_cluster_size(vdk_image *img, uint32_t cluster_size);
+/* Flags of vdk_open_opts (VDK_OPEN_*) the image was opened with. */
+unsigned vdk_image_open_flags(const vdk_image *img);
+
+/* Record the backing file named in the image. format may be NULL (probe);
+ * "raw" is honoured and never probed. The core opens the chain after open. */
+#define VDK_BACKING_FORCE_RAW 0x1
+int vdk_image_set_backing(vdk_image *img, const char *name, const char *format,
+                          unsigned flags, vdk_error *err);
+
+/*
+ * Read guest data from the backing chain for a range this layer does not
+ * define: reads the backing image, zero-fills past its end, and zero-fills
+ * everything when there is no backing file.
+ */
+int vdk_backing_pread(vdk_image *img, void *buf, size_t len, uint64_t off,
+                      vdk_error *err);
+
+/* ---------------------------------------------------------------- errors */
+
+/* Record code and a printf-style message in err (if not NULL); return code. */
+int vdk_fail(vdk_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prefix err's message with "prefix: " (used by the core for file names). */
+void vdk_error_prefix(vdk_error *err, const char *prefix);
+
+/* ---------------------------------------------------------------- options */
+
+void vdk_opts_init(vdk_opts *o, const vdk_kv *kv, size_t n);
+/* Each returns 1 and sets *out when the key is present, 0 when absent, or a
+ * negative code (VDK_EOPTION with message) when the value is malformed. */
+int vdk_opt_str(vdk_opts *o, const char *key, const char **out);
+int vdk_opt_size(vdk_opts *o, const char *key, uint64_t *out, vdk_error *err);
+int vdk_opt_bool(vdk_opts *o, const char *key, bool *out, vdk_error *err);
+/* VDK_EOPTION naming the first key nobody used, else 0. */
+int vdk_opts_check_used(vdk_opts *o, const char *format, vdk_error *err);
+/* Parse "512", "64k", "1M", "2G" (binary units, like qemu-img). */
+int vdk_parse_size(const char *s, uint64_t *out);
+
+/* ---------------------------------------------------------------- info */
+
+void vdk_info_add_str(vdk_format_info *info, const char *key, const char *val);
+void vdk_info_add_int(vdk_format_info *info, const char *key, int64_t val);
+void vdk_info_add_bool(vdk_format_info *info, const char *key, bool val);
+
+/* ---------------------------------------------------------------- helpers */
+
+/* Open an existing image read-only (for create: size of a backing file). The
+ * name is resolved against the directory of relative_to when relative. */
+int vdk_open_for_create(const char *name, const char *format, const char *relative_to,
+                        vdk_image **out, vdk_error *err);
+
+#endif /* VDK_DRIVER_H */

@@ -1,0 +1,217 @@
+/*
+ * vdk.h - the public C API of vdk, the virtual-disk engine.
+ *
+ * This header is all a C program needs to open, create, read, write and
+ * inspect disk images (raw, qcow2, ...). Every object is opaque. Every
+ * function that can fail returns 0 (or a non-negative count) on success and a
+ * negative error code on failure: either a negated errno value (-EIO,
+ * -ENOSPC, ...) or one of the VDK_E* engine codes below. When the caller
+ * passes a vdk_error, it receives a one-line message naming the file, the
+ * structure or offset, and the cause.
+ *
+ * Thread safety: image I/O functions (pread, pwrite, write_zeroes, discard,
+ * block_status, flush) may be called from several threads at once on the same
+ * image. Opening, closing and resizing must not race with other calls on the
+ * same image.
+ */
+#ifndef VDK_H
+#define VDK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VDK_VERSION_STRING "0.1.0"
+
+/* ---------------------------------------------------------------- errors */
+
+/*
+ * Engine error codes, negative like negated errno values, in a range errno
+ * never uses. vdk_strerror() and vdk_errname() know every one of them.
+ */
+#define VDK_E_FIRST 4096
+#define VDK_ECORRUPT (-(VDK_E_FIRST + 1))     /* image metadata is inconsistent */
+#define VDK_EUNSUPPORTED (-(VDK_E_FIRST + 2)) /* valid image, feature not supported */
+#define VDK_EFORMAT (-(VDK_E_FIRST + 3))      /* unknown format or bad magic */
+#define VDK_ELOCKED (-(VDK_E_FIRST + 4))      /* another process holds the image */
+#define VDK_EOPTION (-(VDK_E_FIRST + 5))      /* invalid option or option value */
+#define VDK_ETOOBIG (-(VDK_E_FIRST + 6))      /* a limit of the format or of vdk */
+#define VDK_EBROKEN (-(VDK_E_FIRST + 7))      /* image in error state after a failed metadata write */
+#define VDK_ECANCELED (-(VDK_E_FIRST + 8))    /* job canceled by the user */
+#define VDK_E_LAST (VDK_E_FIRST + 8)
+
+/* A failure with its message. The message is one line, without newline. */
+typedef struct vdk_error {
+    int code;
+    char msg[480];
+} vdk_error;
+
+/* Text for a code: "Input/output error", "image is corrupt", ... */
+const char *vdk_strerror(int code);
+/* Short name for a code: "EIO", "ENOSPC", "CORRUPT", "UNSUPPORTED", ... */
+const char *vdk_errname(int code);
+/* Clear an error record. */
+void vdk_error_clear(vdk_error *err);
+
+/* ---------------------------------------------------------------- cache modes */
+
+/* qemu-img's names: "writeback", "writethrough", "none", "directsync", "unsafe". */
+enum vdk_cache_mode {
+    VDK_CACHE_WRITEBACK = 0, /* page cache; flush only when asked */
+    VDK_CACHE_WRITETHROUGH,  /* page cache; flush after every write */
+    VDK_CACHE_NONE,          /* O_DIRECT; flush only when asked */
+    VDK_CACHE_DIRECTSYNC,    /* O_DIRECT; flush after every write */
+    VDK_CACHE_UNSAFE,        /* page cache; flushes are ignored */
+};
+/* Returns 0 and sets *mode, or VDK_EOPTION for an unknown name. */
+int vdk_cache_mode_parse(const char *name, int *mode);
+const char *vdk_cache_mode_name(int mode);
+
+/* ---------------------------------------------------------------- images */
+
+typedef struct vdk_image vdk_image;
+
+#define VDK_OPEN_RDWR 0x01            /* open for writing (default read-only) */
+#define VDK_OPEN_NO_BACKING 0x02      /* do not open the backing chain */
+#define VDK_OPEN_FORCE_SHARE 0x04     /* -U: read-only, ignore other users' locks */
+#define VDK_OPEN_ALLOW_DATA_FILE 0x08 /* allow qcow2 external data files */
+#define VDK_OPEN_NO_LOCK 0x10         /* take no locks at all (locking=off) */
+#define VDK_OPEN_NO_REPAIR 0x20       /* open a dirty image without repairing it */
+#define VDK_OPEN_NO_PROBE_RAW 0x40    /* refuse to guess "raw" when probing */
+
+typedef struct vdk_open_opts {
+    const char *format; /* driver name, or NULL to probe */
+    unsigned flags;     /* VDK_OPEN_* */
+    int cache;          /* enum vdk_cache_mode, for the image and its backing chain */
+} vdk_open_opts;
+
+/* Open an image and, unless VDK_OPEN_NO_BACKING, its whole backing chain. */
+int vdk_image_open(const char *path, const vdk_open_opts *opts, vdk_image **out,
+                   vdk_error *err);
+
+/* Flush (when writable), close the image and its backing chain, drop the caller's
+ * reference. Returns the flush error, if any; the image is gone either way. */
+int vdk_image_close(vdk_image *img, vdk_error *err);
+
+/* Reference counting, for holders that outlive the opener (jobs). The last
+ * unref flushes and closes, ignoring errors; prefer vdk_image_close. */
+vdk_image *vdk_image_ref(vdk_image *img);
+void vdk_image_unref(vdk_image *img);
+
+/* Key/value creation options with qemu-img's names ("cluster_size" = "65536",
+ * "lazy_refcounts" = "on", "backing_file" = "base.qcow2", ...). */
+typedef struct vdk_kv {
+    const char *key;
+    const char *value;
+} vdk_kv;
+
+/* Size value meaning "take the virtual size from the backing file". */
+#define VDK_SIZE_FROM_BACKING UINT64_MAX
+
+/*
+ * Create an image file (replacing any file at path, as qemu-img create does,
+ * but never one that another process has locked). Unknown option keys are an
+ * error naming the key.
+ */
+int vdk_image_create(const char *path, const char *format, uint64_t size,
+                     const vdk_kv *opts, size_t nopts, vdk_error *err);
+
+/* Data I/O. Ranges must lie inside the virtual size. */
+int vdk_image_pread(vdk_image *img, void *buf, size_t len, uint64_t off, vdk_error *err);
+int vdk_image_pwrite(vdk_image *img, const void *buf, size_t len, uint64_t off,
+                     vdk_error *err);
+
+#define VDK_ZERO_MAY_UNMAP 0x1 /* zeroed ranges may be deallocated */
+int vdk_image_write_zeroes(vdk_image *img, uint64_t len, uint64_t off, unsigned flags,
+                           vdk_error *err);
+/* Discard (unmap) a range. Reads of it afterwards return zeros or the backing
+ * file's data, as the format defines; the range may be rounded inwards. */
+int vdk_image_discard(vdk_image *img, uint64_t len, uint64_t off, vdk_error *err);
+/* Write whole clusters compressed (qcow2). len must be a multiple of the
+ * cluster size, or reach the end of the image. */
+int vdk_image_pwrite_compressed(vdk_image *img, const void *buf, size_t len,
+                                uint64_t off, vdk_error *err);
+/* Make everything written so far durable (per the cache mode). */
+int vdk_image_flush(vdk_image *img, vdk_error *err);
+
+enum vdk_prealloc {
+    VDK_PREALLOC_OFF = 0,
+    VDK_PREALLOC_METADATA,
+    VDK_PREALLOC_FALLOC,
+    VDK_PREALLOC_FULL,
+};
+int vdk_prealloc_parse(const char *name, int *mode);
+const char *vdk_prealloc_name(int mode);
+
+#define VDK_RESIZE_SHRINK 0x1 /* allow making the image smaller */
+int vdk_image_resize(vdk_image *img, uint64_t size, int prealloc, unsigned flags,
+                     vdk_error *err);
+
+/* ---------------------------------------------------------------- block status */
+
+#define VDK_BS_DATA 0x01         /* reads return data stored at 'offset' */
+#define VDK_BS_ZERO 0x02         /* reads return zeros */
+#define VDK_BS_ALLOCATED 0x04    /* some layer of the chain defines the range ("present") */
+#define VDK_BS_OFFSET_VALID 0x08 /* 'offset' is the host offset in 'layer's file */
+#define VDK_BS_COMPRESSED 0x10   /* stored compressed (offset not meaningful) */
+
+/* Query flags. */
+#define VDK_BS_TOP_ONLY 0x1 /* answer for the top layer only; do not walk the chain */
+
+typedef struct vdk_extent {
+    uint64_t start;   /* guest offset */
+    uint64_t length;  /* bytes, > 0 */
+    uint64_t offset;  /* host offset, valid with VDK_BS_OFFSET_VALID */
+    unsigned flags;   /* VDK_BS_* */
+    int depth;        /* chain depth of the layer that answered, 0 = top */
+    vdk_image *layer; /* that layer (not referenced; valid while img is open) */
+} vdk_extent;
+
+/* Describe the range starting at off: one extent of at most len bytes whose
+ * bytes all have the same status, merged as far as possible. */
+int vdk_image_block_status(vdk_image *img, uint64_t off, uint64_t len, unsigned qflags,
+                           vdk_extent *ext, vdk_error *err);
+
+/* ---------------------------------------------------------------- properties */
+
+const char *vdk_image_format(const vdk_image *img);   /* "qcow2" */
+const char *vdk_image_filename(const vdk_image *img); /* as opened */
+uint64_t vdk_image_size(const vdk_image *img);        /* virtual size in bytes */
+uint32_t vdk_image_cluster_size(const vdk_image *img); /* 0 when the format has none */
+int vdk_image_is_writable(const vdk_image *img);
+vdk_image *vdk_image_backing(const vdk_image *img);          /* NULL if none or not opened */
+const char *vdk_image_backing_name(const vdk_image *img);    /* as recorded, or NULL */
+const char *vdk_image_backing_format(const vdk_image *img);  /* as recorded, or NULL */
+const char *vdk_image_backing_path(const vdk_image *img);    /* resolved ("full") name */
+/* Bytes the image's file occupies on the host (st_blocks), or -errno. */
+int64_t vdk_image_actual_size(const vdk_image *img);
+
+/* Format-specific description, as in qemu-img info's "format-specific". */
+enum vdk_info_type { VDK_INFO_STR = 1, VDK_INFO_INT, VDK_INFO_BOOL };
+typedef struct vdk_info_item {
+    char key[40];
+    int type;
+    int64_t i;    /* VDK_INFO_INT and VDK_INFO_BOOL */
+    char s[216];  /* VDK_INFO_STR */
+} vdk_info_item;
+#define VDK_INFO_MAX 32
+typedef struct vdk_format_info {
+    int dirty;       /* qemu-img info's "dirty-flag" */
+    int corrupt;     /* image marked corrupt */
+    int nitems;
+    vdk_info_item items[VDK_INFO_MAX];
+} vdk_format_info;
+int vdk_image_format_info(vdk_image *img, vdk_format_info *info, vdk_error *err);
+
+/* Names of the built-in drivers, NULL-terminated. */
+const char *const *vdk_driver_names(void);
+/* Whether the named format can create images / write compressed clusters. */
+int vdk_driver_can_create(const char *format);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VDK_H */

@@ -1,0 +1,3 @@
+# Sources of the qcow2 driver.
+set(VDK_QCOW2_SOURCES
+)

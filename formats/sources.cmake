@@ -1,0 +1,7 @@
+# Sources of formats/: the registry and each driver's own list.
+include(${CMAKE_CURRENT_LIST_DIR}/qcow2/sources.cmake)  # VDK_QCOW2_SOURCES
+set(VDK_FORMAT_SOURCES
+  ${CMAKE_CURRENT_LIST_DIR}/registry.c
+  ${CMAKE_CURRENT_LIST_DIR}/raw/raw.c
+  ${VDK_QCOW2_SOURCES}
+)
