@@ -91,6 +91,9 @@ struct vdk_driver {
                              vdk_error *err);
     /* The driver locks its own metadata and may be called concurrently. */
     bool parallel;
+    /* block_status already consults the host file for holes (raw); the core
+     * need not refine DATA answers with the file's own status. */
+    bool status_from_file;
 };
 
 /* The built-in drivers (formats/registry.c), NULL-terminated. */

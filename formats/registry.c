@@ -1,0 +1,17 @@
+/*
+ * registry.c - the table of built-in format drivers handed to the core.
+ *
+ * Probing asks each driver in this order and keeps the best score; raw
+ * answers lowest, so it is the fallback.
+ */
+#include "driver.h"
+
+extern const struct vdk_driver vdk_raw_driver;
+/* Weak until the qcow2 driver lands: a missing driver ends the list. */
+extern const struct vdk_driver vdk_qcow2_driver __attribute__((weak));
+
+const struct vdk_driver *const vdk_builtin_drivers[] = {
+    &vdk_raw_driver,
+    &vdk_qcow2_driver,
+    NULL,
+};
