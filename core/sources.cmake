@@ -6,4 +6,8 @@ set(VDK_CORE_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/image.c
   ${CMAKE_CURRENT_LIST_DIR}/cache.c
   ${CMAKE_CURRENT_LIST_DIR}/file.c
+  ${CMAKE_CURRENT_LIST_DIR}/file-posix.c
+  ${CMAKE_CURRENT_LIST_DIR}/file-posix-space.c
+  ${CMAKE_CURRENT_LIST_DIR}/file-lock.c
+  ${CMAKE_CURRENT_LIST_DIR}/file-memory.c
 )
