@@ -10,4 +10,5 @@ set(VDK_CORE_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/file-posix-space.c
   ${CMAKE_CURRENT_LIST_DIR}/file-lock.c
   ${CMAKE_CURRENT_LIST_DIR}/file-memory.c
+  ${CMAKE_CURRENT_LIST_DIR}/file-fault.c
 )
