@@ -5,3 +5,7 @@ set(VDK_BINDING_SOURCES
 set(VDK_LAUNCHER_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/launcher.c
 )
+# The launcher tells an installed binary from one in a build tree by whether
+# it runs from the install bindir.
+set_source_files_properties(${CMAKE_CURRENT_LIST_DIR}/launcher.c PROPERTIES
+  COMPILE_DEFINITIONS "VDK_INSTALL_BINDIR=\"${CMAKE_INSTALL_FULL_BINDIR}\"")
