@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "file-int.h"
+#include "file-test.h"
 
 struct posix_file {
     vdk_file base;
@@ -425,6 +426,18 @@ int vdk_posix_extend(vdk_file *f, uint64_t size)
 
 /* ---------------------------------------------------------------- open */
 
+static atomic_size_t min_direct_align = 1;
+
+int vdk_file_test_min_direct_alignment(size_t align)
+{
+    if (align == 0)
+        align = 1;
+    if ((align & (align - 1)) || align > 65536)
+        return -EINVAL;
+    atomic_store(&min_direct_align, align);
+    return 0;
+}
+
 /*
  * The O_DIRECT block size: what statx reports, else the device's logical
  * block size, else the smallest size an aligned read at offset 0 accepts
@@ -464,6 +477,8 @@ static size_t probe_alignment(int fd, bool is_blk, uint64_t size)
     }
     if (!align)
         align = 4096;
+    if (align < atomic_load(&min_direct_align))
+        align = atomic_load(&min_direct_align);
     /* Keep it a power of two no smaller than it. */
     size_t p2 = 1;
     while (p2 < align)

@@ -13,6 +13,7 @@
 #define VDK_FILE_TEST_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "file.h"
@@ -51,5 +52,13 @@ int vdk_file_fault_set(vdk_file *f, const struct vdk_fault_spec *spec);
 
 /* Read the counts. -EINVAL if f is no fault file. */
 int vdk_file_fault_counts(vdk_file *f, struct vdk_fault_counts *counts);
+
+/*
+ * Make later O_DIRECT opens use at least this alignment (a power of two up to
+ * 64 KiB; 0 restores probing alone), so tests can exercise 4 KiB bouncing on
+ * a 512-byte device. A larger alignment than the device needs is always
+ * valid. -EINVAL for a bad value.
+ */
+int vdk_file_test_min_direct_alignment(size_t align);
 
 #endif /* VDK_FILE_TEST_H */
