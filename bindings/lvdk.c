@@ -90,6 +90,15 @@ static void check_range(lua_State *L, vdk_image *img, uint64_t off, uint64_t len
                       "(%I bytes)", (lua_Integer)off, (lua_Integer)len, (lua_Integer)size);
 }
 
+/* A string argument; unlike luaL_checklstring, numbers are refused (writing
+ * "42" for the number 42 is never what the caller meant). */
+static const char *check_data(lua_State *L, int idx, size_t *len)
+{
+    if (lua_type(L, idx) != LUA_TSTRING)
+        luaL_typeerror(L, idx, "string");
+    return lua_tolstring(L, idx, len);
+}
+
 /* Optional boolean field of an options table at idx (absent or nil: dflt). */
 static int opt_bool_field(lua_State *L, int idx, const char *key, int dflt)
 {
@@ -316,7 +325,7 @@ static int m_write(lua_State *L)
     vdk_image *img = check_image(L, 1);
     uint64_t off = check_u64(L, 2, "offset");
     size_t len;
-    const char *data = luaL_checklstring(L, 3, &len);
+    const char *data = check_data(L, 3, &len);
     check_range(L, img, off, len);
     if (len == 0)
         return push_status(L, 0, NULL);
@@ -362,7 +371,7 @@ static int m_write_compressed(lua_State *L)
     vdk_image *img = check_image(L, 1);
     uint64_t off = check_u64(L, 2, "offset");
     size_t len;
-    const char *data = luaL_checklstring(L, 3, &len);
+    const char *data = check_data(L, 3, &len);
     check_range(L, img, off, len);
     if (len == 0)
         return push_status(L, 0, NULL);

@@ -72,4 +72,38 @@ function U.bytes(n, seed)
   return table.concat(t)
 end
 
+-- Run a shell command with stdout and stderr kept apart; returns the exit
+-- code (0 on success), stdout and stderr.
+function U.run3(fmt, ...)
+  local cmd = select("#", ...) > 0 and fmt:format(...) or fmt
+  local errfile = os.tmpname()
+  local p = io.popen(cmd .. " 2>" .. U.q(errfile))
+  local out = p:read("a")
+  local _, _, code = p:close()
+  local err = U.read_file(errfile)
+  os.remove(errfile)
+  return code, out, err
+end
+
+-- Run the vdk launcher with shell-quoted arguments: code, stdout, stderr.
+function U.vdk_cmd(...)
+  local words = { U.q(U.vdk) }
+  for _, a in ipairs({ ... }) do words[#words + 1] = U.q(a) end
+  return U.run3(table.concat(words, " "))
+end
+
+-- Whether the vdk module has a driver for format.
+function U.has_format(format)
+  for _, name in ipairs(require("vdk").drivers()) do
+    if name == format then return true end
+  end
+  return false
+end
+
+-- A JSON decoder (lua-cjson), or nil when it is not installed.
+function U.cjson()
+  local ok, cjson = pcall(require, "cjson")
+  return ok and cjson or nil
+end
+
 return U

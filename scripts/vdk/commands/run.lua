@@ -27,6 +27,30 @@ local function handler(err)
   return msg
 end
 
+-- busted --lua="vdk run" re-executes itself as
+--   vdk run /usr/bin/busted --ignore-lua --lua=vdk run <its arguments>
+-- through the shell, which splits "--lua=vdk run" at the space. Join the
+-- stray "run" back onto the --lua value so busted sees its own arguments.
+local function rejoin_busted_lua(args)
+  local ignoring = false
+  for _, a in ipairs(args) do
+    if a == "--ignore-lua" then ignoring = true end
+  end
+  if not ignoring then return end
+  local function is_vdk(path) return path and path:match("vdk$") ~= nil end
+  for i = 1, #args do
+    if args[i]:match("^%-%-lua=") and is_vdk(args[i]) and args[i + 1] == "run" then
+      args[i] = args[i] .. " run"
+      table.remove(args, i + 1)
+      return
+    elseif args[i] == "--lua" and is_vdk(args[i + 1]) and args[i + 2] == "run" then
+      args[i + 1] = args[i + 1] .. " run"
+      table.remove(args, i + 2)
+      return
+    end
+  end
+end
+
 return {
   name = "run",
   summary = "run a Lua script with the vdk module",
@@ -53,6 +77,7 @@ passes to os.exit.
     if not chunk then return cli.fail("%s", err) end
     local script_args = { [-2] = args[0], [-1] = "run", [0] = script }
     table.move(operands, 2, #operands, 1, script_args)
+    rejoin_busted_lua(script_args)
     _G.arg = script_args
     local ok, msg = xpcall(chunk, handler, table.unpack(script_args, 1, #script_args))
     if not ok then return cli.fail("%s", msg) end

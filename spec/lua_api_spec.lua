@@ -1,0 +1,476 @@
+-- spec/lua_api_spec.lua: the Lua module `vdk` (docs/lua-api.md), function by
+-- function: results, error returns (nil, message, code), misuse raising,
+-- and image lifetimes (close, <close>, __gc, backing layers).
+local U = require "support.util"
+local vdk = require "vdk"
+
+local MiB = 1024 * 1024
+
+-- A fresh raw image of `size` bytes, opened read-write.
+local function new_raw(dir, name, size)
+  local path = dir .. "/" .. name
+  return assert(vdk.create(path, { size = size or MiB })), path
+end
+
+describe("vdk module", function()
+  it("has a version and the list of drivers", function()
+    assert.equal("string", type(vdk.version))
+    assert.truthy(vdk.version:match("^%d+%.%d+%.%d+"))
+    local drivers = vdk.drivers()
+    assert.truthy(#drivers >= 1)
+    assert.truthy(U.has_format("raw"))
+    assert.is_true(vdk.can_create("raw"))
+    assert.is_false(vdk.can_create("no-such-format"))
+  end)
+
+  it("parses sizes like qemu-img", function()
+    assert.equal(1610612736, vdk.parse_size("1.5G"))
+    assert.equal(65536, vdk.parse_size("64k"))
+    assert.equal(65536, vdk.parse_size("0x10000"))
+    assert.equal(1280, vdk.parse_size("1.25k"))
+    assert.equal(512, vdk.parse_size(512))
+    local n, msg = vdk.parse_size("12Q")
+    assert.is_nil(n)
+    assert.truthy(msg:find("12Q", 1, true))
+    assert.is_nil(vdk.parse_size("1.5"))   -- a fraction needs a unit
+    assert.is_nil(vdk.parse_size("-5"))
+    assert.is_nil(vdk.parse_size("8E"))    -- over 2^63 - 1
+  end)
+
+  it("prints sizes like qemu-img", function()
+    assert.equal("0 B", vdk.size_to_str(0))
+    assert.equal("64 MiB", vdk.size_to_str(64 * MiB))
+    assert.equal("196 KiB", vdk.size_to_str(200704))
+    assert.equal("1.5 GiB", vdk.size_to_str(1536 * MiB))
+    assert.equal("0.977 MiB", vdk.size_to_str(1024000))
+  end)
+end)
+
+describe("vdk.open", function()
+  it("opens read-only by default, with the image's fields", function()
+    local dir = U.tmpdir()
+    local path = dir .. "/a.raw"
+    U.must("qemu-img create -q -f raw %s 2M", U.q(path))
+    local img = assert(vdk.open(path))
+    assert.equal("raw", img.format)
+    assert.equal(2 * MiB, img.size)
+    assert.equal(0, img.cluster_size)
+    assert.equal(path, img.filename)
+    assert.is_true(img.readonly)
+    assert.is_nil(img.backing)
+    assert.is_nil(img.backing_filename)
+    assert.is_nil(img.backing_format)
+    assert.is_false(img.closed)
+    assert.is_true(img:close())
+  end)
+
+  it("opens read-write with readonly = false and honours format and cache", function()
+    local dir = U.tmpdir()
+    local path = dir .. "/a.raw"
+    U.must("qemu-img create -q -f raw %s 1M", U.q(path))
+    for _, cache in ipairs({ "writeback", "writethrough", "none", "directsync", "unsafe" }) do
+      local img = assert(vdk.open(path, { format = "raw", readonly = false, cache = cache }))
+      assert.is_false(img.readonly)
+      assert.is_true(img:write(4096, "abc"))
+      assert.is_true(img:close())
+    end
+    assert.equal("abc", U.read_file(path):sub(4097, 4099))
+  end)
+
+  it("returns nil, message, code for a missing file", function()
+    local img, msg, code = vdk.open("/nonexistent/vdk-spec.raw")
+    assert.is_nil(img)
+    assert.truthy(msg:find("/nonexistent/vdk-spec.raw", 1, true))
+    assert.equal("ENOENT", code)
+  end)
+
+  it("returns FORMAT for an unknown or mismatched format", function()
+    local dir = U.tmpdir()
+    local img, path = new_raw(dir, "a.raw")
+    img:close()
+    local r, msg, code = vdk.open(path, { format = "no-such-format" })
+    assert.is_nil(r)
+    assert.truthy(msg:find("no-such-format", 1, true))
+    assert.equal("FORMAT", code)
+  end)
+
+  it("returns LOCKED when another writer holds the image", function()
+    local dir = U.tmpdir()
+    local img, path = new_raw(dir, "a.raw")
+    local r, msg, code = vdk.open(path, { readonly = false })
+    assert.is_nil(r)
+    assert.equal("LOCKED", code)
+    assert.truthy(msg:find(path, 1, true))
+    -- force_share (-U) reads it anyway.
+    local shared = assert(vdk.open(path, { force_share = true }))
+    assert.is_true(shared.readonly)
+    shared:close()
+    img:close()
+  end)
+
+  it("raises on misuse of its arguments", function()
+    assert.has_error(function() vdk.open() end)
+    assert.has_error(function() vdk.open("x", { bogus = true }) end, "open: unknown option 'bogus'")
+    assert.has_error(function() vdk.open("x", { readonly = "no" }) end)
+    assert.has_error(function() vdk.open("x", { format = 3 }) end)
+    assert.has_error(function() vdk.open("x", { cache = "fast" }) end)
+    assert.has_error(function() vdk.open("x", "raw") end)
+  end)
+end)
+
+describe("vdk.create", function()
+  it("creates a raw image and returns it opened read-write", function()
+    local dir = U.tmpdir()
+    local path = dir .. "/new.raw"
+    local img = assert(vdk.create(path, { size = "3M" }))
+    assert.equal("raw", img.format)
+    assert.equal(3 * MiB, img.size)
+    assert.is_false(img.readonly)
+    img:close()
+    local out = U.must("qemu-img info --output=json %s", U.q(path))
+    assert.truthy(out:find('"virtual-size": 3145728', 1, true))
+    assert.truthy(out:find('"format": "raw"', 1, true))
+  end)
+
+  it("with open = false only creates the file", function()
+    local dir = U.tmpdir()
+    assert.is_true(vdk.create(dir .. "/x.raw", { size = 4096, open = false }))
+    assert.equal(4096, #U.read_file(dir .. "/x.raw"))
+  end)
+
+  it("passes format options to the driver (raw preallocation)", function()
+    local dir = U.tmpdir()
+    local img = assert(vdk.create(dir .. "/p.raw", { size = MiB, preallocation = "full" }))
+    assert.truthy(img:actual_size() >= MiB)
+    img:close()
+  end)
+
+  it("returns OPTION for an unknown option, naming it", function()
+    local dir = U.tmpdir()
+    local img, msg, code = vdk.create(dir .. "/x.raw", { size = MiB, bogus_option = true })
+    assert.is_nil(img)
+    assert.equal("OPTION", code)
+    assert.truthy(msg:find("bogus_option", 1, true))
+  end)
+
+  it("returns an error for an unknown format or a bad path", function()
+    local dir = U.tmpdir()
+    local r, _, code = vdk.create(dir .. "/x", { format = "no-such-format", size = MiB })
+    assert.is_nil(r)
+    assert.equal("FORMAT", code)
+    r, _, code = vdk.create(dir .. "/no/such/dir/x.raw", { size = MiB })
+    assert.is_nil(r)
+    assert.equal("ENOENT", code)
+  end)
+
+  it("raises on misuse", function()
+    assert.has_error(function() vdk.create(nil, { size = 1 }) end)
+    assert.has_error(function() vdk.create("/tmp/x", { size = "12Q" }) end)
+    assert.has_error(function() vdk.create("/tmp/x", { size = 1, cache = "fast" }) end)
+    assert.has_error(function() vdk.create("/tmp/x", { size = 1, cluster_size = {} }) end)
+  end)
+end)
+
+describe("image data methods", function()
+  local dir, img, path
+  before_each(function()
+    dir = U.tmpdir()
+    img, path = new_raw(dir, "d.raw", 4 * MiB)
+  end)
+  after_each(function() img:close() end)
+
+  it("writes and reads back", function()
+    local data = U.bytes(10000, 7)
+    assert.is_true(img:write(12345, data))
+    assert.equal(data, img:read(12345, 10000))
+    assert.equal("", img:read(0, 0))
+    assert.equal(("\0"):rep(100), img:read(4 * MiB - 100, 100))
+    assert.is_true(img:flush())
+    assert.equal(data, U.read_file(path):sub(12346, 12345 + 10000))
+  end)
+
+  it("write_zeroes and discard leave zeros", function()
+    img:write(0, ("x"):rep(65536))
+    assert.is_true(img:write_zeroes(0, 4096))
+    assert.equal(("\0"):rep(4096), img:read(0, 4096))
+    assert.is_true(img:write_zeroes(4096, 4096, { unmap = true }))
+    assert.equal(("\0"):rep(4096), img:read(4096, 4096))
+    assert.is_true(img:discard(8192, 8192))
+    assert.equal(("x"):rep(100), img:read(65436, 100))
+  end)
+
+  it("write_compressed fails on raw with UNSUPPORTED", function()
+    local ok, msg, code = img:write_compressed(0, ("a"):rep(65536))
+    assert.is_nil(ok)
+    assert.equal("UNSUPPORTED", code)
+    assert.truthy(msg:find(path, 1, true))
+  end)
+
+  it("resize grows, and shrinks only when asked", function()
+    assert.is_true(img:resize(8 * MiB))
+    assert.equal(8 * MiB, img.size)
+    local ok, _, code = img:resize(MiB)
+    assert.is_nil(ok)
+    assert.equal("string", type(code))
+    assert.equal(8 * MiB, img.size)
+    assert.is_true(img:resize(MiB, { shrink = true }))
+    assert.equal(MiB, img.size)
+    assert.has_error(function() img:resize(MiB, { preallocation = "lots" }) end)
+    assert.has_error(function() img:resize(MiB, { grow = true }) end)
+  end)
+
+  it("a read-only image refuses writes with an error return", function()
+    local ro = assert(vdk.open(path, { force_share = true }))
+    local ok, msg, code = ro:write(0, "x")
+    assert.is_nil(ok)
+    assert.equal("EROFS", code)
+    assert.truthy(msg:find(path, 1, true))
+    ro:close()
+  end)
+
+  it("raises on bad offsets, lengths and types", function()
+    assert.has_error(function() img:read(-1, 10) end)
+    assert.has_error(function() img:read(0, -1) end)
+    assert.has_error(function() img:read(1.5, 10) end)
+    assert.has_error(function() img:read("x", 10) end)
+    assert.has_error(function() img:read(4 * MiB - 1, 2) end)   -- past the end
+    assert.has_error(function() img:read(0, (1 << 30) + 1) end)
+    assert.has_error(function() img:write(0, 42) end)
+    assert.has_error(function() img:write(4 * MiB, "x") end)
+    assert.has_error(function() img:write_zeroes(0, 10, { trim = true }) end)
+    assert.has_error(function() img:discard(0) end)
+    assert.has_error(function() img:block_status(0, 0) end)
+    assert.has_error(function() img.size = 3 end)
+  end)
+
+  it("caps a single read at 1 GiB with a clear message", function()
+    local ok, err = pcall(img.read, img, 0, (1 << 30) + 1)
+    assert.is_false(ok)
+    assert.truthy(err:find("1 GiB", 1, true))
+  end)
+end)
+
+describe("image status methods", function()
+  it("block_status describes one extent", function()
+    local dir = U.tmpdir()
+    local img = new_raw(dir, "s.raw", MiB)
+    img:write(0, ("d"):rep(4096))
+    local e = assert(img:block_status(0, MiB))
+    assert.equal(0, e.start)
+    assert.truthy(e.length >= 4096 and e.length <= MiB)
+    assert.is_true(e.data)
+    assert.is_false(e.zero)
+    assert.is_true(e.present)
+    assert.is_false(e.compressed)
+    assert.equal(0, e.depth)
+    assert.equal(0, e.offset)
+    assert.equal(img.filename, e.filename)
+    local top = assert(img:block_status(0, 4096, { top_only = true }))
+    assert.is_true(top.data)
+    img:close()
+  end)
+
+  it("map yields merged extents that cover the image, as qemu-img map", function()
+    local dir = U.tmpdir()
+    local path = dir .. "/m.raw"
+    local img = assert(vdk.create(path, { size = 4 * MiB }))
+    img:write(0, ("a"):rep(8192))
+    img:write(MiB, ("b"):rep(65536))
+    img:flush()
+    local list = {}
+    for e in img:map() do list[#list + 1] = e end
+    local pos = 0
+    for _, e in ipairs(list) do
+      assert.equal(pos, e.start)
+      pos = pos + e.length
+    end
+    assert.equal(4 * MiB, pos)
+    local cjson = U.cjson()
+    if cjson then
+      local q = cjson.decode(U.must("qemu-img map --output=json -U %s", U.q(path)))
+      assert.equal(#q, #list)
+      for i, e in ipairs(q) do
+        assert.same({ e.start, e.length, e.data, e.zero, e.offset },
+          { list[i].start, list[i].length, list[i].data, list[i].zero, list[i].offset })
+      end
+    end
+    -- start and length limit the walk.
+    local part = {}
+    for e in img:map({ start = MiB, length = 65536 }) do part[#part + 1] = e end
+    assert.equal(1, #part)
+    assert.same({ MiB, 65536, true }, { part[1].start, part[1].length, part[1].data })
+    assert.has_error(function() img:map({ start = -1 }) end)
+    assert.has_error(function() img:map({ begin = 0 }) end)
+    img:close()
+  end)
+
+  it("info gives qemu-img info's fields", function()
+    local dir = U.tmpdir()
+    local img = new_raw(dir, "i.raw", 2 * MiB)
+    local t = assert(img:info())
+    assert.equal(2 * MiB, t["virtual-size"])
+    assert.equal(img.filename, t.filename)
+    assert.equal("raw", t.format)
+    assert.equal("number", type(t["actual-size"]))
+    assert.is_false(t["dirty-flag"])
+    assert.is_nil(t["cluster-size"])
+    local chain = assert(img:info({ backing_chain = true }))
+    assert.equal(1, #chain)
+    assert.equal("raw", chain[1].format)
+    assert.has_error(function() img:info({ chain = true }) end)
+    img:close()
+  end)
+end)
+
+describe("image lifetime", function()
+  it("close is idempotent and a closed image raises on use", function()
+    local dir = U.tmpdir()
+    local img = new_raw(dir, "c.raw")
+    assert.is_true(img:close())
+    assert.is_true(img:close())
+    assert.is_true(img.closed)
+    assert.equal("vdk.image: closed", tostring(img))
+    assert.has_error(function() img:read(0, 1) end, "image is closed")
+    assert.has_error(function() return img.size end, "image is closed")
+    assert.has_error(function() img:info() end, "image is closed")
+  end)
+
+  it("prints as 'vdk.image: FORMAT NAME SIZE'", function()
+    local dir = U.tmpdir()
+    local img = new_raw(dir, "t.raw", 10 * 1024 * MiB)
+    assert.equal(("vdk.image: raw '%s' 10 GiB"):format(dir .. "/t.raw"), tostring(img))
+    img:close()
+  end)
+
+  it("closes at the end of a <close> scope", function()
+    local dir = U.tmpdir()
+    local first, path = new_raw(dir, "s.raw")
+    first:close()
+    local seen
+    do
+      local img <close> = assert(vdk.open(path, { readonly = false }))
+      img:write(0, "scoped")
+      seen = img
+    end
+    assert.is_true(seen.closed)
+    assert.equal("scoped", U.read_file(path):sub(1, 6))
+  end)
+
+  it("a <close> variable may hold nil from a failed open", function()
+    local ok = pcall(function()
+      local img <close> = vdk.open("/nonexistent/x.raw")
+      assert.is_nil(img)
+    end)
+    assert.is_true(ok)
+  end)
+
+  it("garbage collection closes an image (and releases its lock)", function()
+    local dir = U.tmpdir()
+    local path = dir .. "/g.raw"
+    do
+      local img = assert(vdk.create(path, { size = MiB }))
+      img:write(0, "gc")
+    end
+    collectgarbage()
+    collectgarbage()
+    local again = assert(vdk.open(path, { readonly = false }))
+    assert.equal("gc", again:read(0, 2))
+    again:close()
+  end)
+end)
+
+describe("qcow2 images", function()
+  if not U.has_format("qcow2") then
+    pending("the qcow2 driver is not built yet")
+    return
+  end
+
+  it("create passes qemu-img's options and returns the image", function()
+    local dir = U.tmpdir()
+    local path = dir .. "/o.qcow2"
+    local img = assert(vdk.create(path, {
+      format = "qcow2", size = "64M", cluster_size = 4096, lazy_refcounts = true,
+      compat = "1.1", refcount_bits = 16,
+    }))
+    assert.equal("qcow2", img.format)
+    assert.equal(64 * MiB, img.size)
+    assert.equal(4096, img.cluster_size)
+    img:close()
+    local cjson = U.cjson()
+    if cjson then
+      local q = cjson.decode(U.must("qemu-img info --output=json %s", U.q(path)))
+      assert.equal(4096, q["cluster-size"])
+      assert.is_true(q["format-specific"].data["lazy-refcounts"])
+    end
+    assert.truthy(U.must("qemu-img check %s", U.q(path)):find("No errors", 1, true))
+  end)
+
+  it("info has the format-specific part", function()
+    local dir = U.tmpdir()
+    local img = assert(vdk.create(dir .. "/f.qcow2", { format = "qcow2", size = MiB }))
+    local t = assert(img:info())
+    assert.equal(65536, t["cluster-size"])
+    assert.equal("qcow2", t["format-specific"].type)
+    assert.equal("1.1", t["format-specific"].data.compat)
+    img:close()
+  end)
+
+  it("walks a backing chain qcow2 -> qcow2 -> raw", function()
+    local dir = U.tmpdir()
+    U.must("qemu-img create -q -f raw %s/base.raw 4M", dir)
+    U.must("qemu-io -f raw -c 'write -P 0x11 0 64k' %s/base.raw", dir)
+    U.must("qemu-img create -q -f qcow2 -b base.raw -F raw %s/mid.qcow2", dir)
+    U.must("qemu-io -f qcow2 -c 'write -P 0x22 64k 64k' %s/mid.qcow2", dir)
+    U.must("qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 %s/top.qcow2", dir)
+    local top = assert(vdk.open(dir .. "/top.qcow2"))
+    assert.equal("mid.qcow2", top.backing_filename)
+    assert.equal("qcow2", top.backing_format)
+    assert.equal(dir .. "/mid.qcow2", top.full_backing_filename)
+    local mid = top.backing
+    assert.equal(mid, top.backing)        -- the same object every time
+    assert.equal("qcow2", mid.format)
+    assert.equal("raw", mid.backing.format)
+    assert.equal(("\x11"):rep(16), top:read(0, 16))
+    assert.equal(("\x22"):rep(16), top:read(65536, 16))
+    local e = assert(top:block_status(0, 65536))
+    assert.equal(2, e.depth)
+    e = assert(top:block_status(0, 65536, { top_only = true }))
+    assert.is_false(e.present)
+    local chain = assert(top:info({ backing_chain = true }))
+    assert.equal(3, #chain)
+    assert.same({ "qcow2", "qcow2", "raw" }, { chain[1].format, chain[2].format, chain[3].format })
+    -- A backing layer stays usable after its parent is closed.
+    top:close()
+    assert.is_false(mid.closed)
+    assert.equal(("\x22"):rep(16), mid:read(65536, 16))
+    mid:close()
+  end)
+
+  it("opens without the chain when backing = false", function()
+    local dir = U.tmpdir()
+    U.must("qemu-img create -q -f qcow2 %s/b.qcow2 1M", dir)
+    U.must("qemu-img create -q -f qcow2 -b b.qcow2 -F qcow2 %s/t.qcow2", dir)
+    os.remove(dir .. "/b.qcow2")
+    local r, msg = vdk.open(dir .. "/t.qcow2")
+    assert.is_nil(r)
+    assert.truthy(msg:find("b.qcow2", 1, true))
+    local img = assert(vdk.open(dir .. "/t.qcow2", { backing = false }))
+    assert.is_nil(img.backing)
+    assert.equal("b.qcow2", img.backing_filename)
+    img:close()
+  end)
+
+  it("writes compressed clusters that map as compressed", function()
+    local dir = U.tmpdir()
+    local path = dir .. "/c.qcow2"
+    local img = assert(vdk.create(path, { format = "qcow2", size = MiB }))
+    assert.is_true(img:write_compressed(0, ("z"):rep(65536)))
+    assert.equal(("z"):rep(65536), img:read(0, 65536))
+    local first = img:map()()
+    assert.is_true(first.compressed)
+    assert.is_true(first.data)
+    assert.is_nil(first.offset)
+    img:close()
+    assert.truthy(U.must("qemu-img check %s", U.q(path)):find("No errors", 1, true))
+  end)
+end)
