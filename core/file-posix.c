@@ -124,25 +124,37 @@ static int file_size(struct posix_file *p, uint64_t *size)
 
 /* ---------------------------------------------------------------- O_DIRECT bouncing */
 
-/* A lazily allocated bounce buffer, at most VDK_FILE_CHUNK bytes. */
+/*
+ * A bounce buffer allocated on first use, sized once per request: one block
+ * when only partial blocks need it, else up to VDK_FILE_CHUNK for the whole
+ * blocks of a misaligned buffer.
+ */
 struct bounce {
     void *buf;
     size_t size;
 };
 
-static int bounce_get(struct bounce *b, size_t want, size_t align)
+static struct bounce bounce_plan(const void *buf, size_t len, uint64_t off, size_t a)
+{
+    uint64_t m0 = (off + a - 1) & ~(uint64_t)(a - 1), m1 = align_down(off + len, a);
+    size_t size = a;
+    if (m1 > m0 && (((uintptr_t)buf + (m0 - off)) & (a - 1))) {
+        uint64_t whole = m1 - m0 < VDK_FILE_CHUNK ? m1 - m0 : VDK_FILE_CHUNK;
+        size = (size_t)align_down(whole, a);
+        if (size < a)
+            size = a;
+    }
+    return (struct bounce){.buf = NULL, .size = size};
+}
+
+static int bounce_get(struct bounce *b, size_t align)
 {
     if (b->buf)
         return 0;
-    size_t size = want < VDK_FILE_CHUNK ? want : VDK_FILE_CHUNK;
-    size = (size + align - 1) & ~(align - 1);
-    if (size < align)
-        size = align;
-    if (posix_memalign(&b->buf, align > 4096 ? align : 4096, size) != 0) {
+    if (posix_memalign(&b->buf, align > 4096 ? align : 4096, b->size) != 0) {
         b->buf = NULL;
         return -ENOMEM;
     }
-    b->size = size;
     return 0;
 }
 
@@ -152,7 +164,7 @@ static int direct_read_partial(struct posix_file *p, struct bounce *b, char *dst
 {
     size_t a = p->base.align;
     uint64_t blk = align_down(pos, a);
-    int r = bounce_get(b, a, a);
+    int r = bounce_get(b, a);
     if (r < 0)
         return r;
     r = read_zfill(p->fd, b->buf, a, blk, a);
@@ -171,7 +183,7 @@ static int64_t direct_read_blocks(struct posix_file *p, struct bounce *b, char *
         int r = read_zfill(p->fd, dst, n, pos, a);
         return r < 0 ? r : (int64_t)n;
     }
-    int r = bounce_get(b, n, a);
+    int r = bounce_get(b, a);
     if (r < 0)
         return r;
     if (n > b->size)
@@ -187,7 +199,7 @@ static int direct_pread_unaligned(struct posix_file *p, char *buf, size_t len,
                                   uint64_t off)
 {
     size_t a = p->base.align;
-    struct bounce b = {0};
+    struct bounce b = bounce_plan(buf, len, off, a);
     uint64_t pos = off, end = off + len;
     int r = 0;
     while (pos < end && r >= 0) {
@@ -217,7 +229,7 @@ static int direct_rmw(struct posix_file *p, struct bounce *b, const char *src, s
 {
     size_t a = p->base.align;
     uint64_t blk = align_down(pos, a), size;
-    int r = bounce_get(b, a, a);
+    int r = bounce_get(b, a);
     if (r < 0)
         return r;
     pthread_rwlock_wrlock(&p->rmw);
@@ -244,7 +256,7 @@ static int64_t direct_write_blocks(struct posix_file *p, struct bounce *b, const
     size_t a = p->base.align;
     const void *from = src;
     if ((uintptr_t)src & (a - 1)) {
-        int r = bounce_get(b, n, a);
+        int r = bounce_get(b, a);
         if (r < 0)
             return r;
         if (n > b->size)
@@ -262,7 +274,7 @@ static int direct_pwrite_unaligned(struct posix_file *p, const char *buf, size_t
                                    uint64_t off)
 {
     size_t a = p->base.align;
-    struct bounce b = {0};
+    struct bounce b = bounce_plan(buf, len, off, a);
     uint64_t pos = off, end = off + len;
     int r = 0;
     while (pos < end && r >= 0) {

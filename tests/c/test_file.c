@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +150,50 @@ static void test_memory_space(void)
     CHECK(fsize(f) == (1 << 20) + 4096);
     CHECK_OK(vdk_file_allocate(f, 0, 3 << 20, VDK_PREALLOC_FULL, &err));
     CHECK(fsize(f) == 3 << 20);
+    vdk_file_unref(f);
+}
+
+/* Threads writing and reading disjoint stripes of one memory file. */
+struct stripe_arg {
+    vdk_file *f;
+    int t, bad;
+};
+
+static void *stripe_thread(void *p)
+{
+    struct stripe_arg *a = p;
+    unsigned char buf[3000], back[3000];
+    for (int i = 0; i < 500; i++) {
+        uint64_t off = ((uint64_t)i * 4 + (uint64_t)a->t) * 3000;
+        memset(buf, a->t * 60 + i % 60, sizeof buf);
+        vdk_error e;
+        if (vdk_file_pwrite(a->f, buf, sizeof buf, off, &e) < 0 ||
+            vdk_file_pread(a->f, back, sizeof back, off, &e) < 0 ||
+            memcmp(buf, back, sizeof buf) != 0)
+            a->bad++;
+        if (i % 50 == 0 && vdk_file_discard(a->f, off, 100, &e) < 0)
+            a->bad++;
+    }
+    return NULL;
+}
+
+static void test_memory_threads(void)
+{
+    vdk_file *f = vdk_file_new_memory("threads");
+    pthread_t th[4];
+    struct stripe_arg args[4];
+    for (int t = 0; t < 4; t++) {
+        args[t] = (struct stripe_arg){.f = f, .t = t};
+        pthread_create(&th[t], NULL, stripe_thread, &args[t]);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        CHECK(args[t].bad == 0);
+    }
+    CHECK(fsize(f) == 2000 * 3000);
+    unsigned char buf[3000];
+    CHECK_OK(vdk_file_pread(f, buf, sizeof buf, 1999 * 3000, &err));
+    CHECK(all_byte(buf, sizeof buf, 3 * 60 + 499 % 60));
     vdk_file_unref(f);
 }
 
@@ -332,6 +377,7 @@ int main(void)
     }
     test_memory();
     test_memory_space();
+    test_memory_threads();
     test_open_errors();
     test_messages();
     test_posix_basic(VDK_CACHE_WRITEBACK);
