@@ -106,4 +106,14 @@ function U.cjson()
   return ok and cjson or nil
 end
 
+-- path made absolute against the current directory (for commands run
+-- after a cd).
+function U.abspath(path)
+  if path:sub(1, 1) == "/" then return path end
+  local p = io.popen("pwd")
+  local cwd = p:read("l")
+  p:close()
+  return cwd .. "/" .. path
+end
+
 return U
