@@ -25,12 +25,15 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
-/* Write zeros over [off, off+len) in bounded pieces. */
+/* Write zeros over [off, off+len) in bounded pieces; after a first short
+ * piece up to an alignment boundary, every piece takes O_DIRECT's fast path. */
 static int write_zero_chunks(vdk_file *f, uint64_t off, uint64_t len)
 {
     const void *zeros = vdk_file_zero_buf();
+    uint64_t a = f->align;
     while (len > 0) {
-        size_t n = (size_t)min_u64(len, VDK_FILE_CHUNK);
+        uint64_t to_boundary = (a - (off & (a - 1))) & (a - 1);
+        size_t n = (size_t)min_u64(len, to_boundary ? to_boundary : VDK_FILE_CHUNK);
         int r = f->ops->pwrite(f, zeros, n, off);
         if (r < 0)
             return r;
