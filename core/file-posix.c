@@ -537,8 +537,9 @@ static int setup_fd(struct posix_file *p, const char *path, unsigned flags,
         uint64_t size = (flags & VDK_FILE_TRUNC) ? 0 : (uint64_t)st.st_size;
         *align = probe_alignment(p->fd, p->is_blk, size);
         if (*align == 0)
-            return vdk_fail(err, -EINVAL, "%s: Could not find a working O_DIRECT "
-                            "alignment; try a cache mode without O_DIRECT", path);
+            return vdk_fail(err, -EINVAL, "%s: Could not open with O_DIRECT (cache "
+                            "mode none/directsync): the file system does not support "
+                            "direct I/O for this file", path);
     }
     return 0;
 }

@@ -7,7 +7,11 @@
  * 3rd write with -ENOSPC", "fail every flush from the 2nd on with -EIO". It
  * counts the operations it has seen, so a sweep can run N = 1, 2, ... until
  * the fault no longer fires. Install one on files opened by path with
- * vdk_file_set_open_hook (file.h).
+ * vdk_file_set_open_hook (file.h): the hook gets the opened file and returns
+ * the wrapper after dropping its own reference to the file (the wrapper holds
+ * one), or, if it cannot wrap, the file itself unchanged (never NULL). Setting
+ * and clearing the hook is thread-safe; a hook in force when an open starts
+ * is the one that open uses.
  */
 #ifndef VDK_FILE_TEST_H
 #define VDK_FILE_TEST_H
