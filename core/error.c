@@ -100,8 +100,12 @@ void vdk_error_prefix(vdk_error *err, const char *prefix)
     /* Do not repeat a prefix already there. */
     if (strncmp(err->msg, prefix, plen) == 0 && err->msg[plen] == ':')
         return;
-    char tmp[sizeof err->msg];
-    snprintf(tmp, sizeof tmp, "%s: %s", prefix,
-             err->msg[0] ? err->msg : vdk_strerror(err->code));
-    memcpy(err->msg, tmp, sizeof tmp);
+    char tmp[2 * sizeof err->msg];
+    int n = snprintf(tmp, sizeof tmp, "%s: %s", prefix,
+                     err->msg[0] ? err->msg : vdk_strerror(err->code));
+    size_t len = n < 0 ? 0 : (size_t)n;
+    if (len >= sizeof err->msg)
+        len = sizeof err->msg - 1; /* long messages are truncated */
+    memcpy(err->msg, tmp, len);
+    err->msg[len] = '\0';
 }
