@@ -94,6 +94,10 @@ struct vdk_driver {
     /* block_status already consults the host file for holes (raw); the core
      * need not refine DATA answers with the file's own status. */
     bool status_from_file;
+    /* URI schemes this driver opens itself, without a host file, separated
+     * by spaces ("nbd nbd+unix"). For such images vdk_image_file() is NULL
+     * and the driver's open finds the URI in vdk_image_filename(). */
+    const char *protocols;
 };
 
 /* The built-in drivers (formats/registry.c), NULL-terminated. */

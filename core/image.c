@@ -201,6 +201,26 @@ static int open_chain(vdk_image *img, const struct ancestor *up, int depth,
                       vdk_error *err);
 
 /* Open one layer (and, below it, its chain). depth counts layers above. */
+/* The driver that opens URIs of path's scheme itself ("nbd://..."), if any. */
+static const struct vdk_driver *protocol_driver(const char *path)
+{
+    const char *colon = strchr(path, ':');
+    if (!colon || !has_protocol(path))
+        return NULL;
+    size_t n = (size_t)(colon - path);
+    for (size_t i = 0; vdk_builtin_drivers[i]; i++) {
+        const char *p = vdk_builtin_drivers[i]->protocols;
+        while (p && *p) {
+            size_t len = strcspn(p, " ");
+            if (len == n && strncmp(p, path, n) == 0)
+                return vdk_builtin_drivers[i];
+            p += len;
+            p += strspn(p, " ");
+        }
+    }
+    return NULL;
+}
+
 static int open_layer(const char *path, const vdk_open_opts *opts,
                       const struct ancestor *up, int depth, vdk_image **out, vdk_error *err)
 {
@@ -224,7 +244,19 @@ static int open_layer(const char *path, const vdk_open_opts *opts,
             }
         }
     }
-    int r = vdk_file_open(path, file_flags(img->flags), img->cache, &img->file, err);
+    const struct vdk_driver *proto = protocol_driver(path);
+    if (proto && drv && drv != proto && strcmp(drv->name, "raw") != 0) {
+        /* A format over a protocol (qcow2 inside an NBD export) is not
+         * supported yet: only the protocol's own view is. */
+        image_free(img);
+        return vdk_fail(err, VDK_EUNSUPPORTED, "%s: format '%s' over '%s' is not supported",
+                        path, drv->name, proto->name);
+    }
+    int r = 0;
+    if (proto)
+        drv = proto;
+    else
+        r = vdk_file_open(path, file_flags(img->flags), img->cache, &img->file, err);
     if (r == 0 && !drv) {
         r = probe_file(img->file, &drv, err);
         if (r == 0 && strcmp(drv->name, "raw") == 0) {
