@@ -80,6 +80,21 @@ print(vdk.version)
     assert.equal(0, code)
   end)
 
+  it("closes open images on os.exit, so their data is flushed", function()
+    local dir = U.tmpdir()
+    local s = script(dir, "w.lua", [[
+local vdk = require "vdk"
+local img = assert(vdk.create(arg[1], { size = 65536 }))
+img:write(0, "kept")
+setmetatable({}, { __gc = function() io.write("finalized\n") end })
+os.exit(5)
+]])
+    local code, out = vdk_cmd("run", s, dir .. "/x.raw")
+    assert.equal(5, code)
+    assert.equal("finalized\n", out)
+    assert.equal("kept", U.read_file(dir .. "/x.raw"):sub(1, 4))
+  end)
+
   it("reports a missing or broken script", function()
     local dir = U.tmpdir()
     local code, _, err = vdk_cmd("run", dir .. "/none.lua")

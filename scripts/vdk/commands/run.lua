@@ -4,7 +4,9 @@
 -- The script sees the global `arg` (arg[0] = SCRIPT, arg[1..n] = ARGS,
 -- arg[-1] = "run", arg[-2] = the vdk program) and receives ARGS as `...`.
 -- SCRIPT "-" reads the script from standard input. The script's return
--- value is ignored (exit status 0); os.exit works as usual. An error prints
+-- value is ignored (exit status 0). os.exit works as usual, except that it
+-- closes the Lua state unless told os.exit(status, false): open images are
+-- then flushed and closed, not left with unwritten metadata. An error prints
 -- "vdk: <message>" on stderr, with a traceback when VDK_DEBUG is set, and
 -- the status is 1.
 local cli = require "vdk.cli"
@@ -79,6 +81,11 @@ passes to os.exit.
     table.move(operands, 2, #operands, 1, script_args)
     rejoin_busted_lua(script_args)
     _G.arg = script_args
+    local exit = os.exit
+    os.exit = function(status, close)
+      if close == nil then close = true end
+      return exit(status, close)
+    end
     local ok, msg = xpcall(chunk, handler, table.unpack(script_args, 1, #script_args))
     if not ok then return cli.fail("%s", msg) end
     return 0
