@@ -36,6 +36,12 @@ function cli.fail(fmt, ...)
   return 1
 end
 
+-- A failure about a file: make sure the message names it.
+function cli.fail_file(filename, msg)
+  if not msg:find(filename, 1, true) then msg = filename .. ": " .. msg end
+  return cli.fail("%s", msg)
+end
+
 -- A usage error: the message, then a hint to the command's --help.
 function cli.usage_error(command, msg)
   cli.fail(msg)

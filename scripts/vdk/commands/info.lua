@@ -89,7 +89,7 @@ function info.run(opts, operands)
     return cli.usage_error("info", "Expecting one image file name")
   end
   local t, msg = collect(operands[1], opts)
-  if not t then return cli.fail("%s", msg) end
+  if not t then return cli.fail_file(operands[1], msg) end
   local list = opts["backing-chain"] and t or { t }
   if output == "json" then
     io.stdout:write(json.encode(opts["backing-chain"] and json.array(list) or t), "\n")

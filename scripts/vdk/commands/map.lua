@@ -109,7 +109,7 @@ function map.run(opts, operands)
   local img, msg = vdk.open(operands[1], {
     format = opts.format, force_share = opts["force-share"] or false,
   })
-  if not img then return cli.fail("%s", msg) end
+  if not img then return cli.fail_file(operands[1], msg) end
   local iter = img:map({ start = start, length = length })
   local ok, printed, perr = pcall(print_map, iter, output, start or 0)
   img:close()
