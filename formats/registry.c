@@ -7,11 +7,12 @@
 #include "driver.h"
 
 extern const struct vdk_driver vdk_raw_driver;
-/* Weak until the qcow2 driver lands: a missing driver ends the list. */
-extern const struct vdk_driver vdk_qcow2_driver __attribute__((weak));
+extern const struct vdk_driver vdk_qcow2_driver;
+extern const struct vdk_driver vdk_nbd_driver;
 
 const struct vdk_driver *const vdk_builtin_drivers[] = {
     &vdk_raw_driver,
+    &vdk_nbd_driver, /* before the weak entry, which may end the list */
     &vdk_qcow2_driver,
     NULL,
 };
