@@ -1,5 +1,6 @@
 /*
- * file-test.h - test wrappers of the file layer: fault files.
+ * file-test.h - test wrappers of the file layer: fault files and crash
+ * recording.
  *
  * Always compiled (the test module exposes them to Lua; C tests link them).
  * A fault file stacks over a base file and fails chosen operations with a
@@ -64,5 +65,43 @@ int vdk_file_fault_counts(vdk_file *f, struct vdk_fault_counts *counts);
  * valid. -EINVAL for a bad value.
  */
 int vdk_file_test_min_direct_alignment(size_t align);
+
+/* ---------------------------------------------------------------- crash recording */
+
+/*
+ * A recording file (file-record.c) passes every operation to its base and
+ * logs each completed change and flush, so that a replayer can rebuild the
+ * states a crash could leave. See file-record.c for the model.
+ */
+enum vdk_record_kind {
+    VDK_RECORD_WRITE = 1,    /* data written at off */
+    VDK_RECORD_ZERO = 2,     /* [off, off+len) reads as zeros (zeroing, discard, growth) */
+    VDK_RECORD_TRUNCATE = 3, /* file length set to off */
+    VDK_RECORD_FLUSH = 4,    /* everything before is durable */
+};
+
+struct vdk_record_entry {
+    int kind;
+    uint64_t off;
+    uint64_t len;
+    void *data; /* VDK_RECORD_WRITE only; owned by the log */
+};
+
+typedef struct vdk_record vdk_record;
+
+vdk_record *vdk_record_new(void);
+void vdk_record_free(vdk_record *r);
+size_t vdk_record_count(const vdk_record *r);
+/* Copy entry i (its data pointer stays owned by the log). -EINVAL past the end. */
+int vdk_record_entry(const vdk_record *r, size_t i, struct vdk_record_entry *out);
+
+/* A recording file over base, logging into log (which must outlive it).
+ * Takes a new reference on base. NULL on allocation failure. */
+vdk_file *vdk_file_record_new(vdk_file *base, vdk_record *log);
+
+/* Apply entries idx[0..n) of the log, in that order, to target (a copy of
+ * the file as it was when recording started). Flush entries are no-ops. */
+int vdk_record_apply(const vdk_record *r, vdk_file *target, const size_t *idx, size_t n,
+                     vdk_error *err);
 
 #endif /* VDK_FILE_TEST_H */

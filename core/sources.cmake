@@ -11,4 +11,5 @@ set(VDK_CORE_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/file-lock.c
   ${CMAKE_CURRENT_LIST_DIR}/file-memory.c
   ${CMAKE_CURRENT_LIST_DIR}/file-fault.c
+  ${CMAKE_CURRENT_LIST_DIR}/file-record.c
 )
