@@ -136,7 +136,7 @@ static int alloc_bytes(qcow2_state *s, uint64_t size, uint64_t *out, vdk_error *
         int r = qcow2_refcount_get(s, c, &rc, err);
         if (r < 0)
             return r;
-        bool ok = rc > 0;
+        bool ok = rc > 0 && rc < s->refcount_max; /* room for one more reference */
         if (ok && size > cs - (fbo & (cs - 1))) {
             r = qcow2_alloc_cluster_at(s, c + 1, &ok, err);
             if (r < 0)

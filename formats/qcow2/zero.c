@@ -182,12 +182,12 @@ int qcow2_write_zeroes(vdk_image *img, uint64_t len, uint64_t off, unsigned flag
     uint64_t a = (off + cs - 1) & ~(cs - 1), b = end & ~(cs - 1);
     if (end == s->size && (end & (cs - 1)))
         b = (end + cs - 1) & ~(cs - 1); /* a short last cluster counts as whole */
-    if (a >= b) /* inside one cluster */
+    if (a > b) /* inside one cluster */
         return zero_partial(s, off, len, err);
     int r = 0;
     if (off < a)
         r = zero_partial(s, off, a - off, err);
-    if (r == 0) {
+    if (r == 0 && a < b) {
         pthread_mutex_lock(&s->lock);
         r = qcow2_zero_clusters(s, a, b - a, flags, false, err);
         pthread_mutex_unlock(&s->lock);
