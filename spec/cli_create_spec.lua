@@ -121,23 +121,26 @@ describe("vdk create qcow2", function()
   it("prints the same Formatting line as qemu-img", function()
     local dir = U.tmpdir()
     U.must("qemu-img create -q -f qcow2 %s/base.qcow2 16M", dir)
-    local cases = {
-      "1G",
-      "-o cluster_size=4k,lazy_refcounts=on 1M",
-      "-o compat=0.10 100M",
-      "-o preallocation=metadata,refcount_bits=8 10M",
-      "-o compression_type=zstd -o extended_l2=on 10M",
-      "-b base.qcow2 -F qcow2",
-      "-u -b missing.qcow2 -F qcow2 1M",
+    local cases = {  -- { options, size }
+      { "", "1G" },
+      { "-o cluster_size=4k,lazy_refcounts=on", "1M" },
+      { "-o compat=0.10", "100M" },
+      { "-o preallocation=metadata,refcount_bits=8", "10M" },
+      { "-o compression_type=zstd -o extended_l2=on", "10M" },
+      { "-b base.qcow2 -F qcow2", "" },
+      { "-u -b missing.qcow2 -F qcow2", "1M" },
     }
-    for _, args in ipairs(cases) do
-      local code, out, err = U.run3("cd %s && %s create -f qcow2 %s v.qcow2", U.q(dir), U.q(U.vdk), args)
-      -- qemu-img takes options after the file name too: keep the same order.
-      local qout = U.must("cd %s && qemu-img create -f qcow2 %s q.qcow2", U.q(dir), args)
+    for _, case in ipairs(cases) do
+      local opts, size = case[1], case[2]
+      local code, out, err = U.run3("cd %s && %s create -f qcow2 %s v.qcow2 %s", U.q(dir), U.q(U.abspath(U.vdk)),
+        opts, size)
+      local qout = U.must("cd %s && qemu-img create -f qcow2 %s q.qcow2 %s", U.q(dir), opts, size)
       assert.equal(0, code, err)
-      assert.equal(formatting(qout, "q.qcow2"), formatting(out, "v.qcow2"), args)
-      local check = U.must("qemu-img check -U %s/v.qcow2", dir)
-      assert.truthy(check:find("No errors", 1, true), check)
+      assert.equal(formatting(qout, "q.qcow2"), formatting(out, "v.qcow2"), opts)
+      if not opts:find("missing", 1, true) then
+        local check = U.must("qemu-img check -U %s/v.qcow2", dir)
+        assert.truthy(check:find("No errors", 1, true), check)
+      end
     end
   end)
 
