@@ -44,6 +44,15 @@ typedef struct vdk_create_args {
     vdk_opts *opts;      /* format options; the driver must use or reject each */
 } vdk_create_args;
 
+/* Arguments of the measure slot: an image of size bytes with creation
+ * options opts (the driver must use or reject each), holding the data of
+ * source (its whole chain) when source is not NULL. */
+typedef struct vdk_measure_args {
+    uint64_t size;
+    vdk_opts *opts;
+    vdk_image *source;
+} vdk_measure_args;
+
 struct vdk_driver {
     /* Required. */
     const char *name;
@@ -98,6 +107,17 @@ struct vdk_driver {
      * by spaces ("nbd nbd+unix"). For such images vdk_image_file() is NULL
      * and the driver's open finds the URI in vdk_image_filename(). */
     const char *protocols;
+    /* Two-phase compressed writes (vdk.h): compress one cluster in memory,
+     * any thread, no I/O and no metadata; return the stored length, or 0
+     * when it does not shrink. NULL: not supported. */
+    int (*compress_cluster)(vdk_image *img, void *dst, size_t cap, const void *src,
+                            size_t len, uint64_t off, vdk_error *err);
+    /* Allocate and write one cluster in the form compress_cluster produced. */
+    int (*pwrite_precompressed)(vdk_image *img, const void *data, size_t dlen, uint64_t off,
+                                vdk_error *err);
+    /* Sizes a new image would take (qemu-img measure); see vdk_measure_args. */
+    int (*measure)(const struct vdk_measure_args *args, vdk_measure_info *out,
+                   vdk_error *err);
 };
 
 /* The built-in drivers (formats/registry.c), NULL-terminated. */
@@ -147,6 +167,11 @@ int vdk_opt_bool(vdk_opts *o, const char *key, bool *out, vdk_error *err);
 int vdk_opts_check_used(vdk_opts *o, const char *format, vdk_error *err);
 /* Parse "512", "64k", "1M", "2G" (binary units, like qemu-img). */
 int vdk_parse_size(const char *s, uint64_t *out);
+
+/* For measure slots: bytes of source (whole chain) in granularity-aligned
+ * blocks that hold data (not zero), as a copy would allocate them. */
+int vdk_measure_data(vdk_image *source, uint64_t granularity, uint64_t *bytes,
+                     vdk_error *err);
 
 /* ---------------------------------------------------------------- info */
 

@@ -793,3 +793,40 @@ int vdk_image_block_status(vdk_image *img, uint64_t off, uint64_t len, unsigned 
     }
     return r < 0 ? r : 0;
 }
+
+/* ---------------------------------------------------------------- two-phase compressed writes */
+
+int vdk_image_compress_cluster(vdk_image *img, void *dst, size_t cap, const void *src,
+                               size_t len, uint64_t off, vdk_error *err)
+{
+    int r = check_range(img, len, off, true, err);
+    if (r < 0)
+        return r;
+    if (!img->drv->compress_cluster || !img->drv->pwrite_precompressed)
+        return vdk_fail(err, VDK_EUNSUPPORTED, "%s: format '%s' cannot compress clusters apart",
+                        img->filename, img->drv->name);
+    r = img->drv->compress_cluster(img, dst, cap, src, len, off, err);
+    if (r < 0)
+        vdk_error_prefix(err, img->filename);
+    return r;
+}
+
+int vdk_image_pwrite_precompressed(vdk_image *img, const void *data, size_t dlen,
+                                   uint64_t off, vdk_error *err)
+{
+    uint64_t cs = img->cluster_size, size = vdk_image_size(img);
+    uint64_t len = cs && off < size ? (size - off < cs ? size - off : cs) : 0;
+    int r = check_range(img, len, off, true, err);
+    if (r < 0)
+        return r;
+    if (!img->drv->pwrite_precompressed)
+        return vdk_fail(err, VDK_EUNSUPPORTED, "%s: format '%s' cannot compress clusters apart",
+                        img->filename, img->drv->name);
+    if (!cs || off % cs || dlen == 0 || dlen >= cs)
+        return vdk_fail(err, -EINVAL, "%s: bad precompressed cluster (%zu bytes at offset %llu)",
+                        img->filename, dlen, (unsigned long long)off);
+    lock_slot(img);
+    r = img->drv->pwrite_precompressed(img, data, dlen, off, err);
+    unlock_slot(img);
+    return after_write(img, r, err);
+}

@@ -12,4 +12,10 @@ set(VDK_CORE_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/file-memory.c
   ${CMAKE_CURRENT_LIST_DIR}/file-fault.c
   ${CMAKE_CURRENT_LIST_DIR}/file-record.c
+  ${CMAKE_CURRENT_LIST_DIR}/workers.c
+  ${CMAKE_CURRENT_LIST_DIR}/copy.c
+  ${CMAKE_CURRENT_LIST_DIR}/copy-plan.c
+  ${CMAKE_CURRENT_LIST_DIR}/copy-io.c
+  ${CMAKE_CURRENT_LIST_DIR}/compare.c
+  ${CMAKE_CURRENT_LIST_DIR}/measure.c
 )

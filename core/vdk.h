@@ -211,6 +211,158 @@ const char *const *vdk_driver_names(void);
 /* Whether the named format can create images / write compressed clusters. */
 int vdk_driver_can_create(const char *format);
 
+/* ---------------------------------------------------------------- jobs: copy, compare */
+
+/*
+ * A job runs on a libuv loop that the caller owns and runs (uv_run): the
+ * loop thread schedules every request, the job's own worker threads do the
+ * reads, writes, zero detection and compression, and their completions move
+ * the job on, on the loop thread. Several jobs may share one loop. The job
+ * holds a reference on every image it uses until it ends.
+ *
+ * Lifecycle: start -> (uv_run ...) -> done callback on the loop thread ->
+ * vdk_job_free. vdk_job_cancel may be called from any thread; the job then
+ * ends within one request's time with VDK_ECANCELED. vdk_job_free on a
+ * running job cancels it and frees it when it ends (the done callback is
+ * still called). The first error ends the job; its message names the image,
+ * the offset and the cause.
+ */
+struct uv_loop_s;
+typedef struct vdk_job vdk_job;
+typedef void (*vdk_job_done_cb)(vdk_job *job, void *opaque);
+
+/* vdk_copy_opts.flags */
+#define VDK_COPY_TOP_ONLY 0x01      /* copy what the sources' top layers define; leave the
+                                     * ranges they take from a backing file unallocated */
+#define VDK_COPY_TARGET_ZERO 0x02   /* the target reads as zeros (--target-is-zero) */
+#define VDK_COPY_TARGET_FRESH 0x04  /* the target was just created: it defines nothing of
+                                     * its own (reads as zeros or as its backing file) */
+#define VDK_COPY_UNORDERED 0x08     /* -W: writes may land out of guest order */
+#define VDK_COPY_COMPRESS 0x10      /* -c: store data clusters compressed */
+#define VDK_COPY_BACKING_COMPARE 0x20 /* with a fresh target that has a backing file:
+                                     * leave unallocated what reads equal to it */
+#define VDK_COPY_NO_FLUSH 0x40      /* do not flush the target at the end */
+
+/* Limits. */
+#define VDK_COPY_MAX_REQUESTS 64
+#define VDK_COPY_MAX_SPARSE ((uint64_t)16 << 20)
+
+typedef struct vdk_copy_opts {
+    unsigned flags;         /* VDK_COPY_* */
+    unsigned max_requests;  /* requests in flight, 1..64 (default 8) */
+    uint64_t max_bytes;     /* cap on bytes in flight; 0: max_requests x request_size */
+    uint64_t request_size;  /* bytes per request (default 2 MiB; rounded up to a multiple
+                             * of the target's cluster size and of sparse_size) */
+    uint64_t sparse_size;   /* -S: zero runs of this size (aligned) are not written as
+                             * data; 0 writes everything (default 4096; multiple of 512,
+                             * at most 16 MiB) */
+    uint64_t rate_limit;    /* bytes per second of data copied; 0: no limit */
+} vdk_copy_opts;
+
+/* Fill with the defaults. */
+void vdk_copy_opts_init(vdk_copy_opts *opts);
+
+/*
+ * Start copying the concatenation of sources[0..n) (each one as a whole disk:
+ * its backing chain included, unless VDK_COPY_TOP_ONLY) to the start of
+ * target, which must be writable and at least as large. The plan follows
+ * block status: unallocated and zero ranges are never read; zero ranges are
+ * written as zeroes (vdk_image_write_zeroes) unless the target is known to
+ * read as zeros there. Read data is checked for zeros in sparse_size blocks.
+ * Writes land in guest order unless VDK_COPY_UNORDERED (and always in order
+ * when compressing). Ends with one flush of the target (per its cache mode).
+ */
+int vdk_copy_start(struct uv_loop_s *loop, vdk_image *const *sources, size_t nsources,
+                   vdk_image *target, const vdk_copy_opts *opts, vdk_job_done_cb done,
+                   void *opaque, vdk_job **out, vdk_error *err);
+
+/* Synchronous copy on a private loop. */
+int vdk_copy(vdk_image *const *sources, size_t nsources, vdk_image *target,
+             const vdk_copy_opts *opts, vdk_error *err);
+
+/* vdk_compare_start flags. */
+#define VDK_COMPARE_STRICT 0x1 /* -s: sizes and allocation must match too */
+
+/* What a compare found (vdk_job_compare_result). */
+enum vdk_compare_verdict {
+    VDK_COMPARE_EQUAL = 0,
+    VDK_COMPARE_CONTENT,     /* content differs at offset (a 512-byte sector) */
+    VDK_COMPARE_SIZE,        /* strict: the sizes differ */
+    VDK_COMPARE_ALLOCATION,  /* strict: allocation differs at offset */
+};
+
+/*
+ * Start comparing two images as qemu-img compare does: the first differing
+ * 512-byte sector is reported; past the end of the shorter image the longer
+ * one must read as zeros. max_requests and request_size of opts (may be
+ * NULL) bound the reads in flight.
+ */
+int vdk_compare_start(struct uv_loop_s *loop, vdk_image *a, vdk_image *b, unsigned flags,
+                      const vdk_copy_opts *opts, vdk_job_done_cb done, void *opaque,
+                      vdk_job **out, vdk_error *err);
+/* After a compare job ended without error: the verdict and its offset. */
+int vdk_job_compare_result(const vdk_job *job, uint64_t *offset);
+
+enum vdk_job_phase {
+    VDK_JOB_STARTING = 0, /* planning the first requests */
+    VDK_JOB_COPYING,      /* copying (or comparing) */
+    VDK_JOB_FLUSHING,     /* the final flush of the target */
+    VDK_JOB_DONE,
+};
+
+typedef struct vdk_job_progress {
+    uint64_t done;          /* guest bytes finished: copied, zeroed or skipped */
+    uint64_t total;         /* guest bytes to process */
+    uint64_t bytes_read;    /* data read from sources */
+    uint64_t bytes_written; /* data written to the target (before compression) */
+    uint64_t bytes_zeroed;  /* written as zeroes (write_zeroes) */
+    uint64_t bytes_skipped; /* not written: already right in the target */
+    int phase;              /* enum vdk_job_phase */
+    unsigned in_flight;     /* requests in flight */
+} vdk_job_progress;
+
+/* Any thread, any time before vdk_job_free. */
+void vdk_job_progress_get(vdk_job *job, vdk_job_progress *p);
+void vdk_job_cancel(vdk_job *job);
+int vdk_job_is_done(vdk_job *job);
+/* After the end: 0, or the error that ended the job (with its message). */
+int vdk_job_result(vdk_job *job, vdk_error *err);
+void vdk_job_free(vdk_job *job);
+
+/* ---------------------------------------------------------------- two-phase compressed writes */
+
+/*
+ * Compressed clusters can be compressed anywhere, in parallel, and stored
+ * later in order, so that they land packed in guest order. Phase 1 is pure
+ * computation; phase 2 allocates and writes. Formats without this support
+ * answer VDK_EUNSUPPORTED to both (use vdk_image_pwrite_compressed).
+ */
+/* Compress the cluster at guest offset off (len bytes: the cluster size, or
+ * less at the end of the image) into dst (cap bytes). Returns the stored
+ * length, 0 when the cluster does not shrink (write it normally), or < 0. */
+int vdk_image_compress_cluster(vdk_image *img, void *dst, size_t cap, const void *src,
+                               size_t len, uint64_t off, vdk_error *err);
+/* Store a cluster in the form vdk_image_compress_cluster made (dlen bytes). */
+int vdk_image_pwrite_precompressed(vdk_image *img, const void *data, size_t dlen,
+                                   uint64_t off, vdk_error *err);
+
+/* ---------------------------------------------------------------- measure */
+
+typedef struct vdk_measure_info {
+    uint64_t required;        /* bytes a new image needs (qemu-img's "required") */
+    uint64_t fully_allocated; /* bytes with every cluster allocated ("fully-allocated") */
+    uint64_t bitmaps;         /* bytes for persistent bitmaps ("bitmaps") */
+    int has_bitmaps;          /* whether "bitmaps" applies to the format */
+} vdk_measure_info;
+
+/*
+ * Size of a new image of format with creation options opts: for a copy of
+ * source (its whole chain) when source is not NULL, else for an empty image
+ * of size bytes. VDK_EUNSUPPORTED when the format cannot tell.
+ */
+int vdk_measure(const char *format, uint64_t size, const vdk_kv *opts, size_t nopts,
+                vdk_image *source, vdk_measure_info *out, vdk_error *err);
+
 #ifdef __cplusplus
 }
 #endif
