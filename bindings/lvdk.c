@@ -674,6 +674,8 @@ static int l_is_image(lua_State *L)
     return 1;
 }
 
+int vdk_ljob_open(lua_State *L); /* ljob.c: vdk.copy, vdk.compare, vdk.measure */
+
 int luaopen_vdk_core(lua_State *L)
 {
     luaL_newlib(L, module_functions);
@@ -694,5 +696,6 @@ int luaopen_vdk_core(lua_State *L)
     lua_pushliteral(L, "vdk.image");
     lua_setfield(L, -2, "__name");
     lua_pop(L, 1);
+    vdk_ljob_open(L);
     return 1;
 }

@@ -228,6 +228,18 @@ static int write_one(qcow2_state *s, const uint8_t *data, uint64_t len, uint64_t
     return r;
 }
 
+/* Store one cluster already compressed (compress-split.c's second phase). */
+int qcow2_store_compressed(qcow2_state *s, uint64_t off, const void *data, uint64_t size,
+                           vdk_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    int r = qcow2_prepare_write(s, err);
+    if (r == 0)
+        r = store_cluster(s, off >> s->cluster_bits, data, size, err);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
 int qcow2_pwrite_compressed(vdk_image *img, const void *buf, size_t len, uint64_t off,
                             vdk_error *err)
 {

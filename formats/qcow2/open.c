@@ -394,4 +394,7 @@ const struct vdk_driver vdk_qcow2_driver = {
     .info = qcow2_info,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .parallel = true,
+    .compress_cluster = qcow2_compress_cluster,
+    .pwrite_precompressed = qcow2_pwrite_precompressed,
+    .measure = qcow2_measure,
 };

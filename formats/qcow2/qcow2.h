@@ -384,6 +384,17 @@ int qcow2_read_compressed(qcow2_state *s, uint64_t entry, uint64_t guest_cluster
                           uint8_t *cluster_buf, vdk_error *err);
 int qcow2_pwrite_compressed(vdk_image *img, const void *buf, size_t len, uint64_t off,
                             vdk_error *err);
+int qcow2_store_compressed(qcow2_state *s, uint64_t off, const void *data, uint64_t size,
+                           vdk_error *err);
+
+/* compress-split.c (two-phase compressed writes) */
+int qcow2_compress_cluster(vdk_image *img, void *dst, size_t cap, const void *src,
+                           size_t len, uint64_t off, vdk_error *err);
+int qcow2_pwrite_precompressed(vdk_image *img, const void *data, size_t dlen, uint64_t off,
+                               vdk_error *err);
+
+/* measure.c */
+int qcow2_measure(const vdk_measure_args *args, vdk_measure_info *out, vdk_error *err);
 
 /* status.c */
 int qcow2_block_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *ext,

@@ -3,6 +3,8 @@ set(VDK_QCOW2_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/bitmaps.c
   ${CMAKE_CURRENT_LIST_DIR}/cluster.c
   ${CMAKE_CURRENT_LIST_DIR}/compress.c
+  ${CMAKE_CURRENT_LIST_DIR}/compress-split.c
+  ${CMAKE_CURRENT_LIST_DIR}/measure.c
   ${CMAKE_CURRENT_LIST_DIR}/create.c
   ${CMAKE_CURRENT_LIST_DIR}/header.c
   ${CMAKE_CURRENT_LIST_DIR}/io.c

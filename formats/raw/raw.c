@@ -123,6 +123,21 @@ static int raw_info(vdk_image *img, vdk_format_info *info, vdk_error *err)
     return 0; /* qemu-img prints no format-specific section for raw */
 }
 
+/* qemu-img measure: a raw image takes its virtual size (rounded up to a
+ * sector when given as a number), allocated or not. */
+static int raw_measure(const vdk_measure_args *args, vdk_measure_info *out, vdk_error *err)
+{
+    const char *pa;
+    int prealloc;
+    if (vdk_opt_str(args->opts, "preallocation", &pa) &&
+        (vdk_prealloc_parse(pa, &prealloc) < 0 || prealloc == VDK_PREALLOC_METADATA))
+        return vdk_fail(err, VDK_EOPTION,
+                        "raw: invalid preallocation mode '%s' (use off, falloc or full)", pa);
+    uint64_t size = args->source ? args->size : (args->size + 511) / 512 * 512;
+    out->required = out->fully_allocated = size;
+    return 0;
+}
+
 const struct vdk_driver vdk_raw_driver = {
     .name = "raw",
     .probe = raw_probe,
@@ -139,4 +154,5 @@ const struct vdk_driver vdk_raw_driver = {
     .info = raw_info,
     .parallel = true,
     .status_from_file = true,
+    .measure = raw_measure,
 };

@@ -21,7 +21,7 @@ local getopt = require "vdk.getopt"
 
 local cli = {}
 
-cli.COMMANDS = { "create", "info", "map", "run", "help" }
+cli.COMMANDS = { "create", "info", "map", "convert", "compare", "measure", "run", "help" }
 
 cli.VERSION_TEXT = "vdk version %s\nA disk image tool (qemu-img compatible) with a Lua engine.\n"
 

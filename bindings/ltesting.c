@@ -1,0 +1,281 @@
+/*
+ * ltesting.c - require "vdk.testing": fault injection for specs (built
+ * only with VDK_TESTING).
+ *
+ *   local testing = require "vdk.testing"
+ *   local rule = testing.fault{path = "/tmp/x/dst.raw", op = "write", nth = 3,
+ *                              errno = "ENOSPC", persistent = false}
+ *   ... open and use images: files opened at that path fail as told ...
+ *   rule:counts()   --> {reads =, writes =, flushes =, total =, fired =}
+ *   rule:remove()   -- or testing.clear() for every rule
+ *
+ * A rule matches files opened by path: `path` must equal the path given to
+ * the open, or `contains` must be a substring of it (a convert writes its
+ * new target under a temporary name that contains the final one). Matching
+ * files are wrapped in fault files (core/file-test.h) through the file
+ * layer's open hook, installed while any rule exists. Rules are process
+ * wide and guarded by a mutex: opens may happen on any thread.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "file-test.h"
+#include "file.h"
+
+#define RULE_MT "vdk.testing.rule"
+
+typedef struct rule {
+    char *path;      /* exact path, or NULL */
+    char *contains;  /* substring, or NULL */
+    struct vdk_fault_spec spec;
+    vdk_file *last;  /* the last fault file made (a reference) */
+    int refs;        /* the list and the userdata */
+    bool listed;
+    struct rule *next;
+} rule;
+
+static pthread_mutex_t rules_lock = PTHREAD_MUTEX_INITIALIZER;
+static rule *rules;
+
+static void rule_unref_locked(rule *r)
+{
+    if (--r->refs > 0)
+        return;
+    if (r->last)
+        vdk_file_unref(r->last);
+    free(r->path);
+    free(r->contains);
+    free(r);
+}
+
+static bool matches(const rule *r, const char *path)
+{
+    if (r->path && strcmp(r->path, path) == 0)
+        return true;
+    return r->contains && strstr(path, r->contains) != NULL;
+}
+
+static vdk_file *hook(vdk_file *f, const char *path, void *ctx)
+{
+    (void)ctx;
+    pthread_mutex_lock(&rules_lock);
+    for (rule *r = rules; r; r = r->next) {
+        if (!matches(r, path))
+            continue;
+        vdk_file *w = vdk_file_fault_new(f, &r->spec);
+        if (!w)
+            continue;
+        vdk_file_unref(f);
+        f = w;
+        if (r->last)
+            vdk_file_unref(r->last);
+        r->last = vdk_file_ref(w);
+    }
+    pthread_mutex_unlock(&rules_lock);
+    return f;
+}
+
+static void update_hook_locked(void)
+{
+    vdk_file_set_open_hook(rules ? hook : NULL, NULL);
+}
+
+static void unlist_locked(rule *r)
+{
+    for (rule **p = &rules; *p; p = &(*p)->next) {
+        if (*p == r) {
+            *p = r->next;
+            r->listed = false;
+            rule_unref_locked(r);
+            break;
+        }
+    }
+    update_hook_locked();
+}
+
+/* ---------------------------------------------------------------- parsing */
+
+static int parse_op(lua_State *L, const char *op)
+{
+    static const char *const names[] = {"read", "write", "flush", "any", NULL};
+    static const int ops[] = {VDK_FAULT_READ, VDK_FAULT_WRITE, VDK_FAULT_FLUSH, VDK_FAULT_ANY};
+    for (int i = 0; names[i]; i++)
+        if (strcmp(op, names[i]) == 0)
+            return ops[i];
+    return luaL_error(L, "testing.fault: unknown op '%s' (read, write, flush, any)", op);
+}
+
+static int parse_errno(lua_State *L, int idx)
+{
+    static const struct {
+        const char *name;
+        int value;
+    } names[] = {
+        {"EIO", EIO}, {"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}, {"EROFS", EROFS},
+        {"EPERM", EPERM}, {"EACCES", EACCES}, {"EINVAL", EINVAL}, {"ENOMEM", ENOMEM},
+        {"EAGAIN", EAGAIN}, {"EFBIG", EFBIG}, {"ENXIO", ENXIO}, {"ETIMEDOUT", ETIMEDOUT},
+        {"ECONNRESET", ECONNRESET}, {"EPIPE", EPIPE}, {"ENOTSUP", ENOTSUP},
+    };
+    if (lua_isnoneornil(L, idx))
+        return -EIO;
+    if (lua_isinteger(L, idx)) {
+        lua_Integer v = lua_tointeger(L, idx);
+        return (int)(v > 0 ? -v : v);
+    }
+    const char *s = luaL_checkstring(L, idx);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(s, names[i].name) == 0)
+            return -names[i].value;
+    return luaL_error(L, "testing.fault: unknown errno '%s'", s);
+}
+
+static char *opt_dup(lua_State *L, const char *key)
+{
+    char *v = NULL;
+    if (lua_getfield(L, 1, key) != LUA_TNIL)
+        v = strdup(luaL_checkstring(L, -1));
+    lua_pop(L, 1);
+    return v;
+}
+
+/* ---------------------------------------------------------------- functions */
+
+/* testing.fault{path | contains, op, nth, errno, persistent} -> rule */
+static int t_fault(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    struct vdk_fault_spec spec = {0};
+    lua_getfield(L, 1, "op");
+    spec.op = parse_op(L, luaL_optstring(L, -1, "any"));
+    lua_getfield(L, 1, "nth");
+    lua_Integer nth = luaL_optinteger(L, -1, 1);
+    if (nth < 0)
+        return luaL_error(L, "testing.fault: nth must not be negative");
+    spec.nth = (uint64_t)nth;
+    lua_getfield(L, 1, "errno");
+    spec.error = parse_errno(L, lua_gettop(L));
+    lua_getfield(L, 1, "persistent");
+    spec.persistent = lua_toboolean(L, -1);
+    lua_pop(L, 4);
+    rule **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+    *ud = NULL;
+    luaL_setmetatable(L, RULE_MT);
+    rule *r = calloc(1, sizeof *r);
+    if (!r)
+        return luaL_error(L, "out of memory");
+    *ud = r;
+    r->refs = 1;
+    r->spec = spec;
+    r->path = opt_dup(L, "path");
+    r->contains = opt_dup(L, "contains");
+    if (!r->path && !r->contains)
+        return luaL_error(L, "testing.fault: give 'path' or 'contains'");
+    pthread_mutex_lock(&rules_lock);
+    r->refs++;
+    r->listed = true;
+    r->next = rules;
+    rules = r;
+    update_hook_locked();
+    pthread_mutex_unlock(&rules_lock);
+    return 1;
+}
+
+static rule *check_rule(lua_State *L)
+{
+    rule **ud = luaL_checkudata(L, 1, RULE_MT);
+    if (!*ud)
+        luaL_error(L, "rule is released");
+    return *ud;
+}
+
+/* rule:counts() -> {reads, writes, flushes, total, fired} (zeros before the first open) */
+static int r_counts(lua_State *L)
+{
+    rule *r = check_rule(L);
+    struct vdk_fault_counts c = {0};
+    pthread_mutex_lock(&rules_lock);
+    if (r->last)
+        vdk_file_fault_counts(r->last, &c);
+    pthread_mutex_unlock(&rules_lock);
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, (lua_Integer)c.reads);
+    lua_setfield(L, -2, "reads");
+    lua_pushinteger(L, (lua_Integer)c.writes);
+    lua_setfield(L, -2, "writes");
+    lua_pushinteger(L, (lua_Integer)c.flushes);
+    lua_setfield(L, -2, "flushes");
+    lua_pushinteger(L, (lua_Integer)c.total);
+    lua_setfield(L, -2, "total");
+    lua_pushinteger(L, (lua_Integer)c.fired);
+    lua_setfield(L, -2, "fired");
+    return 1;
+}
+
+/* rule:remove(): stop matching new opens (files already wrapped keep failing). */
+static int r_remove(lua_State *L)
+{
+    rule *r = check_rule(L);
+    pthread_mutex_lock(&rules_lock);
+    if (r->listed)
+        unlist_locked(r);
+    pthread_mutex_unlock(&rules_lock);
+    return 0;
+}
+
+static int r_gc(lua_State *L)
+{
+    rule **ud = luaL_checkudata(L, 1, RULE_MT);
+    if (*ud) {
+        pthread_mutex_lock(&rules_lock);
+        rule_unref_locked(*ud);
+        pthread_mutex_unlock(&rules_lock);
+        *ud = NULL;
+    }
+    return 0;
+}
+
+/* testing.clear(): remove every rule. */
+static int t_clear(lua_State *L)
+{
+    (void)L;
+    pthread_mutex_lock(&rules_lock);
+    while (rules)
+        unlist_locked(rules);
+    pthread_mutex_unlock(&rules_lock);
+    return 0;
+}
+
+/* testing.min_direct_alignment(n): later O_DIRECT opens align to at least n. */
+static int t_min_align(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    if (n < 0 || vdk_file_test_min_direct_alignment((size_t)n) < 0)
+        return luaL_error(L, "testing.min_direct_alignment: bad alignment %d", (int)n);
+    return 0;
+}
+
+int luaopen_vdk_testing(lua_State *L)
+{
+    static const luaL_Reg rule_methods[] = {
+        {"counts", r_counts}, {"remove", r_remove}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {
+        {"fault", t_fault},
+        {"clear", t_clear},
+        {"min_direct_alignment", t_min_align},
+        {NULL, NULL},
+    };
+    if (luaL_newmetatable(L, RULE_MT)) {
+        lua_pushcfunction(L, r_gc);
+        lua_setfield(L, -2, "__gc");
+        luaL_newlib(L, rule_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    luaL_newlib(L, funcs);
+    return 1;
+}
