@@ -7,7 +7,8 @@
  * header; create), table.c (L1 in memory, L2 tables through the core table
  * cache, entry validation, mapping guest ranges), io.c (reads, writes,
  * in-flight allocations), zero.c (write_zeroes, discard, block status),
- * resize.c (grow and shrink), check.c (consistency scan and repair).
+ * resize.c (grow and shrink), check.c (consistency scan and report),
+ * repair.c (applying fixes, compacting leaked space).
  *
  * Locking: one mutex (s->lock) guards the L1 table, the L2 cache, the
  * allocation pointer, the header fields that change (features, image_size)
@@ -247,11 +248,13 @@ enum qed_problem_kind {
 
 /* What repair does about a problem. */
 enum qed_fix {
-    QED_FIX_NONE = 0, /* nothing (leaks in the middle of the file; check errors) */
+    QED_FIX_NONE = 0, /* nothing (not asked for, or a check error) */
     QED_FIX_CLEAR,    /* the entry is set to 0 (unallocated) */
     QED_FIX_COPY,     /* the cluster is copied to a new one the entry then points at */
     QED_FIX_TRUNCATE, /* leaked clusters at the end of the file are cut off */
-    QED_FIX_PUNCH,    /* leaked clusters stay, their host space is released */
+    QED_FIX_COMPACT,  /* leaked clusters are filled with clusters moved down from the
+                         end of the file, which is then cut off; what cannot be
+                         filled stays leaked with its host space released */
 };
 
 typedef struct qed_problem {

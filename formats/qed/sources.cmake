@@ -7,4 +7,5 @@ set(VDK_QED_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/zero.c
   ${CMAKE_CURRENT_LIST_DIR}/resize.c
   ${CMAKE_CURRENT_LIST_DIR}/check.c
+  ${CMAKE_CURRENT_LIST_DIR}/repair.c
 )

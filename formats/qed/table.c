@@ -85,10 +85,14 @@ int qed_l1_write(qed_state *s, vdk_error *err)
 
 /* ---------------------------------------------------------------- validation */
 
-/* A corrupt entry was met: ask for a repair on the next read-write open. */
+/* A corrupt entry was met: ask for a repair on the next read-write open
+ * (and never clear the bit in this session). */
 static void note_corruption(qed_state *s)
 {
-    if (s->writable && !s->need_check && !s->broken)
+    if (!s->writable || s->broken)
+        return;
+    s->unchecked = true;
+    if (!s->need_check)
         qed_set_need_check(s, NULL);
 }
 

@@ -123,6 +123,24 @@ __attribute__((unused)) static int tqed_qemu_check(const char *path, const char 
     return 0;
 }
 
+/* `qemu-img check` must find no corruption; exactly leaks leaked clusters. */
+__attribute__((unused)) static int tqed_qemu_check_leaks(const char *path, uint64_t leaks,
+                                                         const char *ctx)
+{
+    if (leaks == 0)
+        return tqed_qemu_check(path, ctx);
+    char out[8192], want[64];
+    int st = tqed_sh(out, sizeof out, "qemu-img check -f qed '%s'", path);
+    snprintf(want, sizeof want, "%llu leaked clusters", (unsigned long long)leaks);
+    if (st != 3 || !strstr(out, want)) {
+        tqed_failures++;
+        fprintf(stderr, "FAIL qemu-img check (%s) exit %d, want 3 and '%s':\n%s\n", ctx, st,
+                want, out);
+        return -1;
+    }
+    return 0;
+}
+
 /* `qemu-img compare` of a QED image against a raw file must say identical. */
 __attribute__((unused)) static int tqed_qemu_compare(const char *img, const char *raw,
                                                      const char *ctx)
