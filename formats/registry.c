@@ -13,7 +13,7 @@ extern const struct vdk_driver vdk_nbd_driver;
 
 const struct vdk_driver *const vdk_builtin_drivers[] = {
     &vdk_raw_driver,
-    &vdk_nbd_driver, /* before the weak entry, which may end the list */
+    &vdk_nbd_driver,
     &vdk_qcow2_driver,
     &vdk_qed_driver,
     NULL,

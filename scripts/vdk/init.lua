@@ -98,16 +98,22 @@ end
 
 -- ---------------------------------------------------------------- img:info
 
+-- Protocol drivers (no host file) whose contents qemu-img shows as raw,
+-- without a dirty flag: `qemu-img info nbd://...` says "file format: raw".
+local PROTOCOL_SHOWN_AS = { nbd = "raw" }
+
 -- The fields of one layer, named as in `qemu-img info --output=json`.
 local function layer_info(img)
   local fi, msg, code = img:format_info()
   if not fi then return nil, msg, code end
+  local shown = PROTOCOL_SHOWN_AS[img.format]
   local t = {
     ["virtual-size"] = img.size,
     filename = img.filename,
-    format = img.format,
+    format = shown or img.format,
     ["dirty-flag"] = fi.dirty,
   }
+  if shown then t["dirty-flag"] = nil end
   if img.cluster_size > 0 then t["cluster-size"] = img.cluster_size end
   -- qemu-img leaves actual-size out when the file cannot be measured.
   t["actual-size"] = img:actual_size()
