@@ -13,6 +13,7 @@
  * All functions here run with s->lock held.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,46 +97,48 @@ static void note_corruption(qed_state *s)
         qed_set_need_check(s, NULL);
 }
 
-/* Whether [off, off + len) overlaps the header or the L1 table, or lies past
- * the end of the file; NULL when it is fine. */
-static const char *bad_place(const qed_state *s, uint64_t off, uint64_t len)
+/* Why [off, off + len) cannot hold a table or cluster, written into why
+ * (false when the place is fine): unaligned, inside the header, over the
+ * L1 table, or past the end of the file. */
+static bool bad_place(const qed_state *s, uint64_t off, uint64_t len, char *why, size_t n)
 {
     if (off & (s->cluster_size - 1))
-        return "is not a multiple of the cluster size";
-    if (off < qed_header_end(s))
-        return "lies inside the header";
-    if (off < s->l1_offset + s->table_bytes && s->l1_offset < off + len)
-        return "overlaps the L1 table";
-    if (off > s->file_end || len > s->file_end - off)
-        return "lies past the end of the file";
-    return NULL;
+        snprintf(why, n, "is not a multiple of the cluster size (%u)", s->cluster_size);
+    else if (off < qed_header_end(s))
+        snprintf(why, n, "lies inside the header (0x%llx bytes)",
+                 (unsigned long long)qed_header_end(s));
+    else if (off < s->l1_offset + s->table_bytes && s->l1_offset < off + len)
+        snprintf(why, n, "overlaps the L1 table at 0x%llx", (unsigned long long)s->l1_offset);
+    else if (off > s->file_end || len > s->file_end - off)
+        snprintf(why, n, "lies past the end of the file (0x%llx bytes)",
+                 (unsigned long long)s->file_end);
+    else
+        return false;
+    return true;
 }
 
 int qed_check_table_offset(const qed_state *s, uint64_t off, uint64_t index,
                            vdk_error *err)
 {
-    const char *why = bad_place(s, off, s->table_bytes);
-    if (!why)
+    char why[96];
+    if (!bad_place(s, off, s->table_bytes, why, sizeof why))
         return 0;
     note_corruption((qed_state *)s);
-    return vdk_fail(err, VDK_ECORRUPT,
-                    "qed: L2 table offset 0x%llx (L1 entry %llu) %s (0x%llx bytes)",
-                    (unsigned long long)off, (unsigned long long)index, why,
-                    (unsigned long long)s->file_end);
+    return vdk_fail(err, VDK_ECORRUPT, "qed: L2 table offset 0x%llx (L1 entry %llu) %s",
+                    (unsigned long long)off, (unsigned long long)index, why);
 }
 
 int qed_check_cluster_offset(const qed_state *s, uint64_t entry, uint64_t l2_offset,
                              uint64_t index, vdk_error *err)
 {
-    const char *why = bad_place(s, entry, s->cluster_size);
-    if (!why)
+    char why[96];
+    if (!bad_place(s, entry, s->cluster_size, why, sizeof why))
         return 0;
     note_corruption((qed_state *)s);
     return vdk_fail(err, VDK_ECORRUPT,
-                    "qed: data cluster offset 0x%llx (entry %llu of the L2 table at 0x%llx) "
-                    "%s (0x%llx bytes)",
+                    "qed: data cluster offset 0x%llx (entry %llu of the L2 table at 0x%llx) %s",
                     (unsigned long long)entry, (unsigned long long)index,
-                    (unsigned long long)l2_offset, why, (unsigned long long)s->file_end);
+                    (unsigned long long)l2_offset, why);
 }
 
 /* ---------------------------------------------------------------- L2 */
