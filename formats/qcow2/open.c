@@ -115,7 +115,9 @@ static int read_table(qcow2_state *s, uint64_t off, uint64_t entries, uint64_t *
  * allocated beyond the last write) still count as used: find the last one. */
 static int find_alloc_end(qcow2_state *s, vdk_error *err)
 {
-    s->alloc_end = qcow2_size_to_clusters(s, s->file_size);
+    uint64_t fc = qcow2_size_to_clusters(s, s->file_size);
+    if (fc > s->alloc_end)
+        s->alloc_end = fc;
     for (uint64_t ti = s->rt_size; ti-- > 0;) {
         if (!(s->rt[ti] & QCOW2_RT_OFFSET_MASK))
             continue;

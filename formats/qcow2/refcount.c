@@ -524,17 +524,84 @@ int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, bool exact, uint64_t *off,
     return 0;
 }
 
+/* Write the rt entries [lo, hi) of the live table. */
+static int write_rt_range(qcow2_state *s, uint64_t lo, uint64_t hi, vdk_error *err)
+{
+    for (uint64_t i = lo; i < hi; i++) {
+        int r = write_rt_entry(s, i, err);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/*
+ * Give every region touched by [c, c+n) a refcount block, the new blocks
+ * being placed right after the range (and describing themselves), so that
+ * the range stays contiguous. The table must already cover them.
+ */
+static int blocks_after(qcow2_state *s, uint64_t c, uint64_t n, const uint64_t *list,
+                        uint64_t nb, vdk_error *err)
+{
+    uint64_t *tmp = calloc(s->rt_size, 8);
+    if (!tmp)
+        return vdk_fail(err, -ENOMEM, "out of memory");
+    uint64_t first = c + n, end = first + nb;
+    /* Blocks go to a scratch table first: the live one changes only once
+     * they are durable. */
+    int r = write_new_blocks(s, tmp, list, nb, first, first, end, err);
+    if (r == 0)
+        r = count_in_old_blocks(s, first, end, err);
+    if (r == 0)
+        r = vdk_cache_write(s->rc_cache, err);
+    if (r == 0)
+        r = sync_unless_lazy(s, err);
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (uint64_t j = 0; r == 0 && j < nb; j++) {
+        s->rt[list[j]] = tmp[list[j]];
+        lo = list[j] < lo ? list[j] : lo;
+        hi = list[j] + 1 > hi ? list[j] + 1 : hi;
+    }
+    free(tmp);
+    if (r == 0 && nb)
+        r = write_rt_range(s, lo, hi, err);
+    if (r == 0)
+        r = sync_unless_lazy(s, err);
+    if (r < 0)
+        return qcow2_set_broken(s, r);
+    note_allocated(s, end);
+    return 0;
+}
+
 /* n contiguous clusters past everything allocated (for tables that must be
  * contiguous and for preallocation, which needs never-used clusters). */
 int qcow2_alloc_clusters_at_end(qcow2_state *s, uint64_t n, uint64_t *off, vdk_error *err)
 {
-    uint64_t c, run;
-    int r = alloc_from(s, s->alloc_end, n, true, &c, &run, err);
-    if (r == 0)
-        r = claim(s, c, n, err);
-    if (r == 0)
-        *off = c << s->cluster_bits;
-    return r;
+    for (;;) {
+        uint64_t c = s->alloc_end, b = 0, need;
+        while ((need = missing_regions(s, c, c + n + b, NULL, 0)) != b)
+            b = need;
+        uint64_t last = (c + n + b - 1) >> s->rb_bits;
+        if (c + n + b > (QCOW2_MAX_HOST_OFFSET >> s->cluster_bits))
+            return vdk_fail(err, VDK_ETOOBIG, "qcow2: image file would exceed 2^56 bytes");
+        if (last >= s->rt_size) {
+            int r = grow_rt(s, last + 1, err);
+            if (r < 0)
+                return r;
+            continue; /* the table went to the end: start again after it */
+        }
+        uint64_t *list = calloc(b ? b : 1, 8);
+        if (!list)
+            return vdk_fail(err, -ENOMEM, "out of memory");
+        missing_regions(s, c, c + n + b, list, b);
+        int r = blocks_after(s, c, n, list, b, err);
+        free(list);
+        if (r == 0)
+            r = claim(s, c, n, err);
+        if (r == 0)
+            *off = c << s->cluster_bits;
+        return r;
+    }
 }
 
 /* Allocate exactly cluster c if it is free; *ok tells. */

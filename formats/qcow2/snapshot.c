@@ -90,8 +90,8 @@ static int read_entry(qcow2_state *s, uint32_t i, uint64_t *off, vdk_error *err)
     if (extra > QCOW2_MAX_SNAPSHOT_EXTRA)
         return vdk_fail(err, VDK_ECORRUPT,
                         "qcow2: snapshot %u: extra data size %u is too large", i, extra);
-    uint64_t len = (40 + (uint64_t)extra + id_len + name_len + 7) & ~UINT64_C(7);
-    if (len > s->file_size - at)
+    uint64_t raw = 40 + (uint64_t)extra + id_len + name_len, len = (raw + 7) & ~UINT64_C(7);
+    if (raw > s->file_size - at) /* QEMU does not write the last entry's padding */
         return vdk_fail(err, VDK_ECORRUPT,
                         "qcow2: snapshot table entry %u at 0x%llx lies past the end of the "
                         "file",

@@ -69,9 +69,9 @@ static void tq_init(void)
 
 static const char *tq_path(const char *name)
 {
-    static __thread char buf[4][512];
+    static __thread char buf[64][512];
     static __thread int k;
-    k = (k + 1) & 3;
+    k = (k + 1) & 63;
     snprintf(buf[k], sizeof buf[k], "%s/%s", tq_dir, name);
     return buf[k];
 }
