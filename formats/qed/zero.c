@@ -30,6 +30,38 @@ static uint64_t backing_end(const qed_state *s)
     return b ? vdk_image_size(b) : UINT64_MAX; /* not opened: assume it covers */
 }
 
+/* Whole clusters from off (at most len bytes) that the backing chain
+ * reads as zeros, by its block status; 0 when not known to be zeros. */
+static uint64_t backing_zero_run(const qed_state *s, uint64_t off, uint64_t len)
+{
+    vdk_image *b = s->img ? vdk_image_backing(s->img) : NULL;
+    if (!b || off >= vdk_image_size(b))
+        return 0;
+    uint64_t bsize = vdk_image_size(b), n = len < bsize - off ? len : bsize - off;
+    vdk_extent e;
+    if (vdk_image_block_status(b, off, n, 0, &e, NULL) < 0 || !(e.flags & VDK_BS_ZERO))
+        return 0;
+    uint64_t run = e.length;
+    if (off + run >= bsize && off + len > bsize)
+        run = len; /* zeros to the backing file's end, and zeros past it */
+    return run & ~(uint64_t)(s->cluster_size - 1);
+}
+
+/* Whether the backing chain reads [off, off + len) as zeros. */
+static bool backing_reads_zero(const qed_state *s, uint64_t off, uint64_t len)
+{
+    vdk_image *b = s->img ? vdk_image_backing(s->img) : NULL;
+    if (!b)
+        return false;
+    uint64_t bsize = vdk_image_size(b);
+    if (off >= bsize)
+        return true;
+    uint64_t n = len < bsize - off ? len : bsize - off;
+    vdk_extent e;
+    return vdk_image_block_status(b, off, n, 0, &e, NULL) == 0 && (e.flags & VDK_BS_ZERO) &&
+           e.length >= n;
+}
+
 /* Part of one cluster (lock held; dropped for I/O). */
 static int zero_partial(qed_state *s, uint64_t off, uint64_t piece, int mode,
                         vdk_error *err)
@@ -47,7 +79,7 @@ static int zero_partial(qed_state *s, uint64_t off, uint64_t piece, int mode,
         pthread_mutex_lock(&s->lock);
         return r;
     }
-    if (mode == QED_ZR_SCRUB || off >= backing_end(s))
+    if (mode == QED_ZR_SCRUB || off >= backing_end(s) || backing_reads_zero(s, off, piece))
         return 0;
     uint8_t *zero = vdk_alloc_aligned(piece, true);
     if (!zero)
@@ -82,6 +114,11 @@ static int zero_whole(qed_state *s, uint64_t off, uint64_t len, int mode, bool u
     uint64_t cs = s->cluster_size, end = off + m.bytes;
     if (bend < end)
         end = off + ((bend - off + cs - 1) & ~(cs - 1));
+    uint64_t zeros = backing_zero_run(s, off, end - off);
+    if (zeros) {
+        *piece = zeros; /* the backing file reads zeros there already */
+        return 0;
+    }
     uint64_t gc = off >> s->cluster_bits, k = (end - off) >> s->cluster_bits;
     if (qed_alloc_conflict(s, gc, gc + k)) {
         *piece = 0;
