@@ -4,17 +4,21 @@
  *
  *   local testing = require "vdk.testing"
  *   local rule = testing.fault{path = "/tmp/x/dst.raw", op = "write", nth = 3,
- *                              errno = "ENOSPC", persistent = false}
+ *                              errno = "ENOSPC", persistent = false, open = 2}
  *   ... open and use images: files opened at that path fail as told ...
- *   rule:counts()   --> {reads =, writes =, flushes =, total =, fired =}
+ *   rule:opens()    --> how many opens the rule has wrapped
  *   rule:remove()   -- or testing.clear() for every rule
  *
  * A rule matches files opened by path: `path` must equal the path given to
  * the open, or `contains` must be a substring of it (a convert writes its
- * new target under a temporary name that contains the final one). Matching
- * files are wrapped in fault files (core/file-test.h) through the file
- * layer's open hook, installed while any rule exists. Rules are process
- * wide and guarded by a mutex: opens may happen on any thread.
+ * new target under a temporary name that contains the final one); with
+ * `open = N` only the Nth matching open is wrapped (vdk.create opens the
+ * new file twice: to create it, then to use it). Matching files are wrapped
+ * in fault files (core/file-test.h) through the file layer's open hook,
+ * installed while any rule exists; each wrapped file counts its own
+ * operations, so `nth` counts from that open. The rule keeps no reference
+ * on the files (an open file holds its image lock). Rules are process wide
+ * and guarded by a mutex: opens may happen on any thread.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -33,7 +37,9 @@ typedef struct rule {
     char *path;      /* exact path, or NULL */
     char *contains;  /* substring, or NULL */
     struct vdk_fault_spec spec;
-    vdk_file *last;  /* the last fault file made (a reference) */
+    uint64_t open;   /* wrap only the Nth matching open; 0: every one */
+    uint64_t opens;  /* matching opens seen */
+    uint64_t wrapped;
     int refs;        /* the list and the userdata */
     bool listed;
     struct rule *next;
@@ -46,8 +52,6 @@ static void rule_unref_locked(rule *r)
 {
     if (--r->refs > 0)
         return;
-    if (r->last)
-        vdk_file_unref(r->last);
     free(r->path);
     free(r->contains);
     free(r);
@@ -67,14 +71,15 @@ static vdk_file *hook(vdk_file *f, const char *path, void *ctx)
     for (rule *r = rules; r; r = r->next) {
         if (!matches(r, path))
             continue;
+        r->opens++;
+        if (r->open && r->opens != r->open)
+            continue;
         vdk_file *w = vdk_file_fault_new(f, &r->spec);
         if (!w)
             continue;
         vdk_file_unref(f);
         f = w;
-        if (r->last)
-            vdk_file_unref(r->last);
-        r->last = vdk_file_ref(w);
+        r->wrapped++;
     }
     pthread_mutex_unlock(&rules_lock);
     return f;
@@ -161,7 +166,9 @@ static int t_fault(lua_State *L)
     spec.error = parse_errno(L, lua_gettop(L));
     lua_getfield(L, 1, "persistent");
     spec.persistent = lua_toboolean(L, -1);
-    lua_pop(L, 4);
+    lua_getfield(L, 1, "open");
+    lua_Integer open = luaL_optinteger(L, -1, 0);
+    lua_pop(L, 5);
     rule **ud = lua_newuserdatauv(L, sizeof *ud, 0);
     *ud = NULL;
     luaL_setmetatable(L, RULE_MT);
@@ -171,6 +178,7 @@ static int t_fault(lua_State *L)
     *ud = r;
     r->refs = 1;
     r->spec = spec;
+    r->open = open > 0 ? (uint64_t)open : 0;
     r->path = opt_dup(L, "path");
     r->contains = opt_dup(L, "contains");
     if (!r->path && !r->contains)
@@ -193,27 +201,16 @@ static rule *check_rule(lua_State *L)
     return *ud;
 }
 
-/* rule:counts() -> {reads, writes, flushes, total, fired} (zeros before the first open) */
-static int r_counts(lua_State *L)
+/* rule:opens() -> matching opens seen, files wrapped */
+static int r_opens(lua_State *L)
 {
     rule *r = check_rule(L);
-    struct vdk_fault_counts c = {0};
     pthread_mutex_lock(&rules_lock);
-    if (r->last)
-        vdk_file_fault_counts(r->last, &c);
+    lua_Integer seen = (lua_Integer)r->opens, wrapped = (lua_Integer)r->wrapped;
     pthread_mutex_unlock(&rules_lock);
-    lua_createtable(L, 0, 5);
-    lua_pushinteger(L, (lua_Integer)c.reads);
-    lua_setfield(L, -2, "reads");
-    lua_pushinteger(L, (lua_Integer)c.writes);
-    lua_setfield(L, -2, "writes");
-    lua_pushinteger(L, (lua_Integer)c.flushes);
-    lua_setfield(L, -2, "flushes");
-    lua_pushinteger(L, (lua_Integer)c.total);
-    lua_setfield(L, -2, "total");
-    lua_pushinteger(L, (lua_Integer)c.fired);
-    lua_setfield(L, -2, "fired");
-    return 1;
+    lua_pushinteger(L, seen);
+    lua_pushinteger(L, wrapped);
+    return 2;
 }
 
 /* rule:remove(): stop matching new opens (files already wrapped keep failing). */
@@ -262,7 +259,7 @@ static int t_min_align(lua_State *L)
 int luaopen_vdk_testing(lua_State *L)
 {
     static const luaL_Reg rule_methods[] = {
-        {"counts", r_counts}, {"remove", r_remove}, {NULL, NULL}};
+        {"opens", r_opens}, {"remove", r_remove}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {
         {"fault", t_fault},
         {"clear", t_clear},

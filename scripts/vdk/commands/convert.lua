@@ -104,7 +104,8 @@ local function check(opts, operands)
   if not C.CACHE_MODES[c.src_cache] then
     return nil, "Invalid source cache option: " .. c.src_cache
   end
-  c.sparse = opts.S and vdk.parse_size(opts.S) or 4096
+  c.sparse = 4096
+  if opts.S then c.sparse = vdk.parse_size(opts.S) end
   if not c.sparse or c.sparse % 512 ~= 0 or c.sparse > 16777216 then return nil, SPARSE_MSG end
   c.requests = math.tointeger(tonumber(opts.m or "8"))
   if not c.requests or c.requests < 1 or c.requests > 64 then
@@ -219,7 +220,7 @@ function convert.run(opts, operands)
       or ("'%s' was not created"):format(c.target))
     return C.EXIT_INTERRUPTED
   end
-  if not ok then return cli.fail("%s", err) end
+  if not ok then return cli.fail("%s", tmp and C.replace_plain(err, tmp, c.target) or err) end
   if not committed then return cli.fail("%s", cmsg) end
 
   local result = { sources = c.sources, target = c.target, format = format,
