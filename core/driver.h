@@ -86,7 +86,9 @@ struct vdk_driver {
      * start = off, 0 < length <= len, and flags from VDK_BS_DATA, VDK_BS_ZERO,
      * VDK_BS_ALLOCATED (this layer defines the range; without it the core
      * asks the backing file), VDK_BS_OFFSET_VALID (+ offset in this layer's
-     * file), VDK_BS_COMPRESSED. NULL: everything is allocated data.
+     * file), VDK_BS_COMPRESSED, and VDK_BS_RECURSE (ask the host file
+     * whether a data range is really a hole, as qemu does for qcow2 images
+     * with preallocated metadata). NULL: everything is allocated data.
      */
     int (*block_status)(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *ext,
                         vdk_error *err);
@@ -100,9 +102,6 @@ struct vdk_driver {
                              vdk_error *err);
     /* The driver locks its own metadata and may be called concurrently. */
     bool parallel;
-    /* block_status already consults the host file for holes (raw); the core
-     * need not refine DATA answers with the file's own status. */
-    bool status_from_file;
     /* URI schemes this driver opens itself, without a host file, separated
      * by spaces ("nbd nbd+unix"). For such images vdk_image_file() is NULL
      * and the driver's open finds the URI in vdk_image_filename(). */
@@ -119,6 +118,10 @@ struct vdk_driver {
     int (*measure)(const struct vdk_measure_args *args, vdk_measure_info *out,
                    vdk_error *err);
 };
+
+/* Block-status flag for drivers only: refine this DATA|OFFSET_VALID answer
+ * with the host file's hole map (the core clears it before returning). */
+#define VDK_BS_RECURSE 0x100
 
 /* The built-in drivers (formats/registry.c), NULL-terminated. */
 extern const struct vdk_driver *const vdk_builtin_drivers[];

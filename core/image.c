@@ -228,7 +228,7 @@ static int open_layer(const char *path, const vdk_open_opts *opts,
         return vdk_fail(err, -EINVAL, "%s: force-share (-U) requires a read-only open", path);
     const struct vdk_driver *drv = NULL;
     if (opts->format && !(drv = find_driver(opts->format)))
-        return vdk_fail(err, VDK_EFORMAT, "unknown format '%s'", opts->format);
+        return vdk_fail(err, VDK_EFORMAT, "%s: unknown format '%s'", path, opts->format);
     vdk_image *img = image_new(path, opts);
     if (!img)
         return vdk_fail(err, -ENOMEM, "out of memory");
@@ -696,8 +696,9 @@ int vdk_backing_pread(vdk_image *img, void *buf, size_t len, uint64_t off, vdk_e
 
 /* ---------------------------------------------------------------- block status */
 
-/* One layer's answer, refined: a data range whose host blocks are a hole in
- * the layer's file reads as zeros (qemu reports these as zero too). */
+/* One layer's answer, refined where the driver asks (VDK_BS_RECURSE): a data
+ * range whose host blocks are a hole in the layer's file reads as zeros, and
+ * qemu reports it as zero too. */
 static int layer_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *ext,
                         vdk_error *err)
 {
@@ -720,8 +721,9 @@ static int layer_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *
                         img->filename, img->drv->name);
     ext->layer = img;
     unsigned f = ext->flags;
-    if ((f & VDK_BS_DATA) && (f & VDK_BS_OFFSET_VALID) && !(f & VDK_BS_ZERO) &&
-        !img->drv->status_from_file && img->file) {
+    ext->flags &= ~(unsigned)VDK_BS_RECURSE;
+    if ((f & VDK_BS_RECURSE) && (f & VDK_BS_DATA) && (f & VDK_BS_OFFSET_VALID) &&
+        !(f & VDK_BS_ZERO) && img->file) {
         bool is_data;
         uint64_t run;
         if (vdk_file_block_status(img->file, ext->offset, ext->length, &is_data, &run, NULL) == 0) {

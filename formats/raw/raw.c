@@ -153,6 +153,5 @@ const struct vdk_driver vdk_raw_driver = {
     .resize = raw_resize,
     .info = raw_info,
     .parallel = true,
-    .status_from_file = true,
     .measure = raw_measure,
 };
