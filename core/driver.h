@@ -135,6 +135,9 @@ void vdk_image_set_size(vdk_image *img, uint64_t size);
 void vdk_image_set_cluster_size(vdk_image *img, uint32_t cluster_size);
 /* Flags of vdk_open_opts (VDK_OPEN_*) the image was opened with. */
 unsigned vdk_image_open_flags(const vdk_image *img);
+/* Cache mode (enum vdk_cache_mode) the image was opened with: protocol
+ * drivers, which have no vdk_file, honour "unsafe" (no flushes) with it. */
+int vdk_image_cache_mode(const vdk_image *img);
 
 /* Record the backing file named in the image. format may be NULL (probe);
  * "raw" is honoured and never probed. The core opens the chain after open. */

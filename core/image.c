@@ -433,6 +433,7 @@ void vdk_image_set_priv(vdk_image *img, void *priv) { img->priv = priv; }
 void vdk_image_set_size(vdk_image *img, uint64_t size) { atomic_store(&img->size, size); }
 void vdk_image_set_cluster_size(vdk_image *img, uint32_t cs) { img->cluster_size = cs; }
 unsigned vdk_image_open_flags(const vdk_image *img) { return img->flags; }
+int vdk_image_cache_mode(const vdk_image *img) { return img->cache; }
 const char *vdk_image_format(const vdk_image *img) { return img->drv ? img->drv->name : "?"; }
 const char *vdk_image_filename(const vdk_image *img) { return img->filename; }
 uint64_t vdk_image_size(const vdk_image *img) { return atomic_load(&img->size); }

@@ -148,6 +148,27 @@ describe("nbd driver", function()
     assert.matches("Zero id=%d+ offset=0x10000 count=0x10000 trim=1", text)
   end)
 
+  it("flushes once after writes (writeback), never with cache unsafe", function()
+    local log = dir .. "/flush.log"
+    local uri = nbdkit(("--filter=log memory 4M logfile=%s"):format(U.q(log)))
+    local function flushes()
+      local n = 0
+      for _ in U.read_file(log):gmatch("%.%.%.Flush id") do n = n + 1 end
+      return n
+    end
+    local img = open_rw(uri)
+    assert(img:flush()) -- nothing written yet: nothing to flush
+    assert(img:write(0, "data"))
+    assert(img:flush())
+    assert(img:close()) -- closing flushes, but nothing changed since
+    assert.equal(1, flushes())
+    img = assert(vdk.open(uri, { readonly = false, cache = "unsafe" }))
+    assert(img:write(0, "more"))
+    assert(img:flush())
+    assert(img:close())
+    assert.equal(1, flushes())
+  end)
+
   it("writes zeros when the server cannot zero, and reads everything as data "
     .. "without block status", function()
     local uri = nbdkit("--no-sr --filter=nozero memory 4M")

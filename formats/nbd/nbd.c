@@ -86,6 +86,7 @@ typedef struct vnbd_state {
     pthread_mutex_t rmw_lock; /* serialises read-modify-write of partial blocks */
     pthread_mutex_t bs_lock;  /* guards bs */
     atomic_uint_fast64_t bs_gen; /* bumped by every write */
+    atomic_bool dirty;           /* a write completed since the last flush */
     vnbd_extents *bs;
 } vnbd_state;
 
@@ -317,9 +318,11 @@ static uint64_t range_piece(const vnbd_state *st)
     return VNBD_MAX_RANGE / st->min_block * st->min_block;
 }
 
-/* A write changed the export: cached block status is stale. */
+/* A write completed (or failed: it may have changed something): cached
+ * block status is stale, and the next flush has work. */
 static void status_changed(vnbd_state *st)
 {
+    atomic_store(&st->dirty, true);
     if (!st->bs)
         return;
     pthread_mutex_lock(&st->bs_lock);
@@ -401,11 +404,16 @@ static int vnbd_pwrite(vdk_image *img, const void *buf, size_t len, uint64_t off
 static int vnbd_flush(vdk_image *img, vdk_error *err)
 {
     vnbd_state *st = vdk_image_priv(img);
-    if (!st->can_flush)
-        return 0; /* the server has nothing to flush (or cannot) */
+    if (!st->can_flush || vdk_image_cache_mode(img) == VDK_CACHE_UNSAFE)
+        return 0; /* nothing to flush (the server cannot), or -t unsafe */
+    if (!atomic_exchange(&st->dirty, false))
+        return 0; /* no write since the last flush (closing after a job) */
     /* With several connections (multi-conn), a flush on one covers the
      * writes completed on all of them. */
-    return run_split(st, VNBD_OP_FLUSH, NULL, false, 1, 0, 1, 0, err);
+    int r = run_split(st, VNBD_OP_FLUSH, NULL, false, 1, 0, 1, 0, err);
+    if (r < 0)
+        atomic_store(&st->dirty, true);
+    return r;
 }
 
 /* Zeroes by writing a reused zero buffer, for servers without WRITE_ZEROES
