@@ -113,6 +113,11 @@ static int old_content(qed_state *s, int kind, void *buf, uint64_t len, uint64_t
         memset(buf, 0, len);
         return 0;
     }
+    if (qed_has_backing(s) && s->img && !vdk_image_backing(s->img))
+        return vdk_fail(err, VDK_EUNSUPPORTED,
+                        "qed: cannot copy data from the backing file '%s' into a new cluster: "
+                        "it is not open",
+                        s->backing_name);
     return qed_backing_read(s, buf, len, goff, err);
 }
 

@@ -113,7 +113,8 @@ static int list_tables(compaction *cp, vdk_error *err)
     for (uint64_t i = 0; i < s->table_entries; i++)
         if (qed_bm_test(&cp->sc.good, i))
             cp->tables[cp->ntables++] = vdk_le64(&s->l1[i]) >> s->cluster_bits;
-    qsort(cp->tables, cp->ntables, sizeof *cp->tables, cmp_u64);
+    if (cp->ntables)
+        qsort(cp->tables, cp->ntables, sizeof *cp->tables, cmp_u64);
     return 0;
 }
 
@@ -189,8 +190,10 @@ static int plan_moves(compaction *cp, vdk_error *err)
         hi = t;
     }
     cp->end = hi;
-    qsort(cp->data.v, cp->data.n, sizeof *cp->data.v, cmp_from);
-    qsort(cp->tabs.v, cp->tabs.n, sizeof *cp->tabs.v, cmp_from);
+    if (cp->data.n)
+        qsort(cp->data.v, cp->data.n, sizeof *cp->data.v, cmp_from);
+    if (cp->tabs.n)
+        qsort(cp->tabs.v, cp->tabs.n, sizeof *cp->tabs.v, cmp_from);
     return 0;
 }
 

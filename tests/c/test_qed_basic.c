@@ -156,6 +156,16 @@ static void test_zero_clusters(void)
     QOK(vdk_image_block_status(img, 20 * 65536, 65536, VDK_BS_TOP_ONLY, &e, &err), &err);
     QCHECK(!(e.flags & VDK_BS_ALLOCATED), "zeroing past the backing file stays unallocated");
     QOK(vdk_image_close(img, &err), &err);
+    /* Without its backing file open, a partial write cannot copy-on-write. */
+    img = tqed_open(p, VDK_OPEN_RDWR | VDK_OPEN_NO_BACKING, &err);
+    QCHECK(img != NULL, "open without backing: %s", err.msg);
+    if (img) {
+        QCHECK(vdk_image_pwrite(img, b, 16, 9 * 65536 + 5, &err) == VDK_EUNSUPPORTED &&
+                   strstr(err.msg, "zbase.raw"),
+               "partial write without backing: %s", err.msg);
+        QOK(vdk_image_pwrite(img, got, 65536, 9 * 65536, &err), &err);
+        QOK(vdk_image_close(img, &err), &err);
+    }
     QCHECK(tqed_read_le64(p, 16) == 0x5, "features backing|no-probe, need-check clear: %llx",
            (unsigned long long)tqed_read_le64(p, 16));
     if (tqed_have_qemu())
