@@ -212,23 +212,17 @@ int qed_header_write(qed_state *s, vdk_error *err)
 
 /* ---------------------------------------------------------------- create */
 
-struct create_opts {
-    uint64_t cluster_size, table_size, size;
-    const char *backing, *backing_fmt;
-};
-
-static int read_create_opts(const vdk_create_args *args, struct create_opts *o,
-                            vdk_error *err)
+int qed_read_create_opts(vdk_opts *opts, qed_create_opts *o, vdk_error *err)
 {
     o->cluster_size = QED_DEFAULT_CLUSTER_SIZE;
     o->table_size = QED_DEFAULT_TABLE_SIZE;
     o->backing = o->backing_fmt = NULL;
     int r;
-    if ((r = vdk_opt_size(args->opts, "cluster_size", &o->cluster_size, err)) < 0 ||
-        (r = vdk_opt_size(args->opts, "table_size", &o->table_size, err)) < 0)
+    if ((r = vdk_opt_size(opts, "cluster_size", &o->cluster_size, err)) < 0 ||
+        (r = vdk_opt_size(opts, "table_size", &o->table_size, err)) < 0)
         return r;
-    vdk_opt_str(args->opts, "backing_file", &o->backing);
-    vdk_opt_str(args->opts, "backing_fmt", &o->backing_fmt);
+    vdk_opt_str(opts, "backing_file", &o->backing);
+    vdk_opt_str(opts, "backing_fmt", &o->backing_fmt);
     if (o->backing && !*o->backing)
         o->backing = NULL;
     if (o->backing_fmt && !o->backing)
@@ -251,7 +245,7 @@ static int read_create_opts(const vdk_create_args *args, struct create_opts *o,
 }
 
 /* The virtual size: given, or the backing file's; rounded up to 512. */
-static int create_size(const vdk_create_args *args, struct create_opts *o, vdk_error *err)
+static int create_size(const vdk_create_args *args, qed_create_opts *o, vdk_error *err)
 {
     o->size = args->size;
     if (o->size == VDK_SIZE_FROM_BACKING) {
@@ -264,6 +258,12 @@ static int create_size(const vdk_create_args *args, struct create_opts *o, vdk_e
         o->size = vdk_image_size(b);
         vdk_image_close(b, NULL);
     }
+    return qed_check_new_size(o, err);
+}
+
+/* Round the new size up to 512 and check it against the tables' reach. */
+int qed_check_new_size(qed_create_opts *o, vdk_error *err)
+{
     if (o->size > QED_MAX_IMAGE_SIZE)
         return vdk_fail(err, VDK_ETOOBIG, "qed: image size %llu is too large",
                         (unsigned long long)o->size);
@@ -278,12 +278,19 @@ static int create_size(const vdk_create_args *args, struct create_opts *o, vdk_e
     return 0;
 }
 
+/* Clusters of the header with the backing file name after it. */
+uint64_t qed_header_clusters(const qed_create_opts *o)
+{
+    size_t nlen = o->backing ? strlen(o->backing) : 0;
+    return (QED_HEADER_LEN + nlen + o->cluster_size - 1) / o->cluster_size;
+}
+
 /* Header clusters (header + backing name), then an empty L1 table. */
-static int write_new_image(vdk_file *file, const struct create_opts *o, vdk_error *err)
+static int write_new_image(vdk_file *file, const qed_create_opts *o, vdk_error *err)
 {
     uint64_t cs = o->cluster_size;
     size_t nlen = o->backing ? strlen(o->backing) : 0;
-    uint64_t hsize = (QED_HEADER_LEN + nlen + cs - 1) / cs;
+    uint64_t hsize = qed_header_clusters(o);
     uint64_t hbytes = hsize * cs;
     uint8_t *h = vdk_alloc_aligned(hbytes, true);
     if (!h)
@@ -314,8 +321,8 @@ static int write_new_image(vdk_file *file, const struct create_opts *o, vdk_erro
 
 int qed_create(vdk_file *file, const vdk_create_args *args, vdk_error *err)
 {
-    struct create_opts o;
-    int r = read_create_opts(args, &o, err);
+    qed_create_opts o;
+    int r = qed_read_create_opts(args->opts, &o, err);
     if (r == 0)
         r = create_size(args, &o, err);
     if (r == 0)

@@ -221,4 +221,5 @@ const struct vdk_driver vdk_qed_driver = {
     .resize = qed_resize,
     .info = qed_info,
     .parallel = true,
+    .measure = qed_measure,
 };

@@ -7,7 +7,8 @@
  * header; create), table.c (L1 in memory, L2 tables through the core table
  * cache, entry validation, mapping guest ranges), io.c (reads, writes,
  * in-flight allocations), zero.c (write_zeroes, discard, block status),
- * resize.c (grow and shrink), check.c (consistency scan and report),
+ * resize.c (grow and shrink), measure.c (sizes of a new image), check.c
+ * (consistency scan and report),
  * repair.c (applying fixes, compacting leaked space).
  *
  * Locking: one mutex (s->lock) guards the L1 table, the L2 cache, the
@@ -172,7 +173,16 @@ static inline bool qed_has_backing(const qed_state *s) { return s->backing_name 
 int qed_set_broken(qed_state *s, int rc);
 int qed_check_broken(const qed_state *s, vdk_error *err);
 
+/* Creation options (qemu-img's names), as create and measure read them. */
+typedef struct qed_create_opts {
+    uint64_t cluster_size, table_size, size;
+    const char *backing, *backing_fmt;
+} qed_create_opts;
+
 /* header.c */
+int qed_read_create_opts(vdk_opts *opts, qed_create_opts *o, vdk_error *err);
+int qed_check_new_size(qed_create_opts *o, vdk_error *err);
+uint64_t qed_header_clusters(const qed_create_opts *o);
 int qed_header_parse(qed_state *s, uint64_t file_size, vdk_error *err);
 int qed_header_write(qed_state *s, vdk_error *err);
 void qed_header_sync(qed_state *s);
@@ -227,6 +237,9 @@ int qed_zero_range(qed_state *s, uint64_t off, uint64_t len, int mode, bool unma
                    vdk_error *err);
 int qed_block_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *ext,
                      vdk_error *err);
+
+/* measure.c */
+int qed_measure(const vdk_measure_args *args, vdk_measure_info *out, vdk_error *err);
 
 /* resize.c */
 int qed_resize(vdk_image *img, uint64_t size, int prealloc, unsigned flags,
