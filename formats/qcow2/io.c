@@ -363,6 +363,11 @@ static int plan_alloc(qcow2_state *s, wplan *p, const qcow2_cinfo *first, uint64
     if (p->reuse) {
         p->host = first->host;
         p->fresh = false;
+    } else if (s->data_file != s->file) {
+        /* External data file: guest clusters live at their guest offset. */
+        r = count_alloc_run(s, p->gc, kmax, p->old, &p->k, err);
+        p->host = p->gc << s->cluster_bits;
+        p->fresh = false;
     } else {
         r = count_alloc_run(s, p->gc, kmax, p->old, &p->k, err);
         uint64_t got;
@@ -408,10 +413,12 @@ static int write_step(qcow2_state *s, const uint8_t *buf, uint64_t len, uint64_t
                 qcow2_op_begin(s, &op, p.gc, p.gc + p.k, true);
                 pthread_mutex_unlock(&s->lock);
                 r = write_data(s, &p, buf, err);
+                if (r == 0 && s->data_file != s->file) /* data before the L2 entries */
+                    r = vdk_file_flush(s->data_file, err);
                 pthread_mutex_lock(&s->lock);
                 if (r == 0)
                     r = link_run(s, &p, err);
-                else if (!p.reuse)
+                else if (!p.reuse && s->data_file == s->file)
                     qcow2_free_now(s, p.host, p.k << s->cluster_bits, NULL);
                 qcow2_op_end(s, &op);
                 *done = p.n;

@@ -10,7 +10,9 @@
  * flush covers them and any data written in place. With lazy refcounts the
  * refcount blocks are only written at the end.
  *
- * Autoclear bits: we maintain none of them. Bit 0 (bitmaps) says a bitmaps
+ * Autoclear bits: we maintain only bit 1 (the external data file is a
+ * consistent raw image: zero writes and discards also zero the data file,
+ * and guest clusters always sit at their guest offset there). Bit 0 (bitmaps) says a bitmaps
  * extension is consistent with the data; we do not track dirty bitmaps, so
  * before the first write we clear the bit and drop the bitmaps extension,
  * freeing its directory, tables and data clusters (bitmaps.c). QEMU, which
@@ -140,28 +142,65 @@ static int find_alloc_end(qcow2_state *s, vdk_error *err)
     return 0;
 }
 
+/* The data file's path: its name resolved against the image's folder. */
+static char *data_file_path(qcow2_state *s)
+{
+    const char *base = s->img ? vdk_image_filename(s->img) : vdk_file_name(s->file);
+    const char *name = s->data_file_name, *slash = base ? strrchr(base, '/') : NULL;
+    size_t dlen = name[0] == '/' || !slash ? 0 : (size_t)(slash - base) + 1;
+    char *out = malloc(dlen + strlen(name) + 1);
+    if (out) {
+        memcpy(out, base, dlen);
+        strcpy(out + dlen, name);
+    }
+    return out;
+}
+
+static int open_data_file(qcow2_state *s, unsigned flags, vdk_error *err)
+{
+    if (!s->data_file_name || !*s->data_file_name)
+        return vdk_fail(err, VDK_EUNSUPPORTED,
+                        "qcow2: image uses an external data file but does not name it");
+    if (s->nb_snapshots)
+        return vdk_fail(err, VDK_ECORRUPT,
+                        "qcow2: internal snapshots are not possible with an external data file");
+    if ((s->autoclear & QCOW2_AUTOCLEAR_DATA_RAW) && s->backing_name)
+        return vdk_fail(err, VDK_ECORRUPT,
+                        "qcow2: a raw external data file cannot have a backing file");
+    char *path = data_file_path(s);
+    if (!path)
+        return vdk_fail(err, -ENOMEM, "out of memory");
+    unsigned ff = (s->writable ? VDK_FILE_RDWR : 0) |
+                  (flags & VDK_OPEN_NO_LOCK ? VDK_FILE_NOLOCK : 0) |
+                  (flags & VDK_OPEN_FORCE_SHARE ? VDK_FILE_FORCE_SHARE : 0);
+    vdk_file *df = NULL;
+    int r = vdk_file_open(path, ff, vdk_file_cache_mode(s->file), &df, err);
+    free(path);
+    if (r < 0)
+        return r;
+    s->data_file = df;
+    return 0;
+}
+
 static int check_features(qcow2_state *s, unsigned flags, vdk_error *err)
 {
     if ((s->incompat & QCOW2_INCOMPAT_CORRUPT) && s->writable)
         return vdk_fail(err, VDK_ECORRUPT, "qcow2: image is corrupt; cannot be opened "
                                            "read/write");
     s->corrupt = s->incompat & QCOW2_INCOMPAT_CORRUPT;
-    if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
-        if (!(flags & VDK_OPEN_ALLOW_DATA_FILE))
-            return vdk_fail(err, VDK_EUNSUPPORTED,
-                            "qcow2: image uses an external data file%s%s%s; opening it needs "
-                            "external data files to be allowed",
-                            s->data_file_name ? " ('" : "",
-                            s->data_file_name ? s->data_file_name : "",
-                            s->data_file_name ? "')" : "");
-        return vdk_fail(err, VDK_EUNSUPPORTED,
-                        "qcow2: images with an external data file are not supported yet");
-    }
     if (s->crypto_ext)
         return vdk_fail(err, VDK_EUNSUPPORTED,
                         "qcow2: encryption header extension present; encrypted images are "
                         "not supported");
-    return 0;
+    if (!(s->incompat & QCOW2_INCOMPAT_DATA_FILE))
+        return 0;
+    if (!(flags & VDK_OPEN_ALLOW_DATA_FILE))
+        return vdk_fail(err, VDK_EUNSUPPORTED,
+                        "qcow2: image uses an external data file%s%s%s; opening it needs "
+                        "external data files to be allowed",
+                        s->data_file_name ? " ('" : "", s->data_file_name ? s->data_file_name : "",
+                        s->data_file_name ? "')" : "");
+    return open_data_file(s, flags, err);
 }
 
 static int load_tables(qcow2_state *s, vdk_error *err)
@@ -249,6 +288,8 @@ int qcow2_meta_flush(qcow2_state *s, vdk_error *err)
         r = vdk_cache_write(s->rc_cache, err);
     if (r == 0)
         r = vdk_file_flush(s->file, err);
+    if (r == 0 && s->data_file != s->file)
+        r = vdk_file_flush(s->data_file, err);
     return r < 0 ? qcow2_set_broken(s, r) : 0;
 }
 
@@ -275,9 +316,10 @@ int qcow2_prepare_write(qcow2_state *s, vdk_error *err)
     if (!s->writable)
         return vdk_fail(err, -EROFS, "qcow2: image is opened read-only");
     if (!s->prepared) {
+        uint64_t keep = s->data_file != s->file ? QCOW2_AUTOCLEAR_DATA_RAW : 0;
         int r = qcow2_bitmaps_drop(s, err);
-        if (r == 0 && s->autoclear) {
-            s->autoclear = 0;
+        if (r == 0 && (s->autoclear & ~keep)) {
+            s->autoclear &= keep; /* the only bit we maintain */
             r = qcow2_header_write_field(s, QCOW2_OFF_AUTOCLEAR, 8, err);
             if (r == 0)
                 r = vdk_file_flush(s->file, err);
@@ -312,6 +354,8 @@ void qcow2_state_close(qcow2_state *s)
         vdk_cache_free(s->l2_cache);
     if (s->rc_cache)
         vdk_cache_free(s->rc_cache);
+    if (s->data_file && s->data_file != s->file)
+        vdk_file_unref(s->data_file);
     qcow2_overlap_free(s);
     qcow2_snapshots_free(s);
     qcow2_state_free_header(s);

@@ -59,7 +59,7 @@ static int count_l2(qcow2_state *s, counts *k, const uint8_t *t, vdk_error *err)
         if (w & QCOW2_OFLAG_COMPRESSED) {
             qcow2_compressed_range(s, w, &off, &len);
             r = add(s, k, off, len, "compressed cluster", err);
-        } else if ((off = w & QCOW2_OFFSET_MASK)) {
+        } else if ((off = w & QCOW2_OFFSET_MASK) && !(s->incompat & QCOW2_INCOMPAT_DATA_FILE)) {
             if (off & (s->cluster_size - 1))
                 return vdk_fail(err, VDK_ECORRUPT,
                                 "qcow2: cannot repair: L2 entry with unaligned offset 0x%llx",
@@ -247,6 +247,8 @@ static int fix_copied(qcow2_state *s, const counts *k, vdk_error *err)
             h = w & QCOW2_OFFSET_MASK;
             if (w & QCOW2_OFLAG_COMPRESSED)
                 nw = w & ~QCOW2_OFLAG_COPIED;
+            else if (s->incompat & QCOW2_INCOMPAT_DATA_FILE)
+                nw = w; /* data file clusters are not refcounted */
             else if (h)
                 nw = k->c[h >> s->cluster_bits] == 1 ? w | QCOW2_OFLAG_COPIED
                                                      : w & ~QCOW2_OFLAG_COPIED;

@@ -88,12 +88,14 @@ int qcow2_grow_l1(qcow2_state *s, uint64_t n, vdk_error *err)
 static int prealloc_run(qcow2_state *s, uint64_t gc, uint64_t n, const qcow2_cinfo *old,
                         int mode, vdk_error *err)
 {
-    uint64_t host;
-    int r = qcow2_alloc_clusters_at_end(s, n, &host, err);
+    uint64_t host = gc << s->cluster_bits;
+    int r = 0;
+    if (s->data_file == s->file) /* an external data file maps guest = host */
+        r = qcow2_alloc_clusters_at_end(s, n, &host, err);
     if (r < 0)
         return r;
     if (mode == VDK_PREALLOC_FALLOC || mode == VDK_PREALLOC_FULL)
-        r = vdk_file_allocate(s->file, host, n << s->cluster_bits, mode, err);
+        r = vdk_file_allocate(s->data_file, host, n << s->cluster_bits, mode, err);
     uint64_t *w = malloc(n * 16), *b = w + n;
     if (!w)
         r = r < 0 ? r : vdk_fail(err, -ENOMEM, "out of memory");
@@ -234,10 +236,25 @@ static int zero_new_area(qcow2_state *s, uint64_t old, uint64_t size, vdk_error 
     return r;
 }
 
+/* An external data file follows the virtual size (it may be a raw image). */
+static int resize_data_file(qcow2_state *s, uint64_t size, bool shrink, vdk_error *err)
+{
+    uint64_t cur;
+    if (s->data_file == s->file)
+        return 0;
+    int r = vdk_file_size(s->data_file, &cur, err);
+    if (r == 0 && (shrink ? cur > size : cur < size))
+        r = vdk_file_truncate(s->data_file, size, err);
+    return r;
+}
+
 static int set_size(qcow2_state *s, uint64_t size, vdk_error *err)
 {
+    int r = resize_data_file(s, size, size < s->size, err);
+    if (r < 0)
+        return r;
     s->size = size;
-    int r = qcow2_header_write_field(s, QCOW2_OFF_SIZE, 8, err);
+    r = qcow2_header_write_field(s, QCOW2_OFF_SIZE, 8, err);
     if (r == 0)
         r = vdk_file_flush(s->file, err);
     if (r == 0 && s->img)

@@ -29,10 +29,12 @@ int qcow2_block_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *e
     case QCOW2_DATA:
         ext->flags = VDK_BS_DATA | VDK_BS_ALLOCATED | VDK_BS_OFFSET_VALID;
         ext->offset = m.host;
+        if (s->data_file != s->file) /* offsets are in the data file, not ours */
+            ext->flags &= ~VDK_BS_OFFSET_VALID;
         break;
     case QCOW2_ZERO:
         ext->flags = VDK_BS_ZERO | VDK_BS_ALLOCATED;
-        if (m.host) {
+        if (m.host && s->data_file == s->file) {
             ext->flags |= VDK_BS_OFFSET_VALID;
             ext->offset = m.host;
         }

@@ -172,10 +172,22 @@ static int zero_partial(qcow2_state *s, uint64_t off, uint64_t len, vdk_error *e
     return r;
 }
 
+/* A raw external data file must read as the guest does: zero it too. */
+static int zero_raw_data_file(qcow2_state *s, uint64_t off, uint64_t len, bool unmap,
+                              vdk_error *err)
+{
+    if (s->data_file == s->file || !(s->autoclear & QCOW2_AUTOCLEAR_DATA_RAW) || !len)
+        return 0;
+    return vdk_file_write_zeroes(s->data_file, off, len, unmap, err);
+}
+
 int qcow2_write_zeroes(vdk_image *img, uint64_t len, uint64_t off, unsigned flags,
                        vdk_error *err)
 {
     qcow2_state *s = vdk_image_priv(img);
+    int rz = zero_raw_data_file(s, off, len, flags & VDK_ZERO_MAY_UNMAP, err);
+    if (rz < 0)
+        return rz;
     if (s->version < 3 && qcow2_has_backing(s))
         return write_zero_bytes(s, off, len, err);
     uint64_t cs = s->cluster_size, end = off + len;
@@ -206,8 +218,11 @@ int qcow2_discard(vdk_image *img, uint64_t len, uint64_t off, vdk_error *err)
         b = (end + cs - 1) & ~(cs - 1);
     if (a >= b)
         return 0;
+    int r = zero_raw_data_file(s, a, b - a, true, err);
+    if (r < 0)
+        return r;
     pthread_mutex_lock(&s->lock);
-    int r = qcow2_zero_clusters(s, a, b - a, 0, true, err);
+    r = qcow2_zero_clusters(s, a, b - a, 0, true, err);
     pthread_mutex_unlock(&s->lock);
     return r;
 }

@@ -472,6 +472,74 @@ static void test_unknown_extension(void)
         vdk_image_close(img, &err);
 }
 
+/* ---------------------------------------------------------------- data files */
+
+static void test_data_file(void)
+{
+    char out[4096];
+    vdk_error err = {0};
+    int st = tq_sh(out, sizeof out,
+                   "cd '%s' && rm -f df.raw dfr.raw && "
+                   "qemu-img create -q -f qcow2 -o data_file=df.raw,cluster_size=4k df.qcow2 4M && "
+                   "qemu-io -c 'write -P 7 0 100k' -c 'write -z 1M 64k' df.qcow2 >/dev/null && "
+                   "qemu-img create -q -f qcow2 -o data_file=dfr.raw,data_file_raw=on dfr.qcow2 4M",
+                   tq_dir);
+    TQ_CHECK(st == 0, "data file setup: %s", out);
+    vdk_image *img = tq_open(tq_path("df.qcow2"), 0, &err);
+    TQ_CHECK(!img && err.code == VDK_EUNSUPPORTED && strstr(err.msg, "df.raw"),
+             "data file refused without the flag: %s", err.msg);
+    for (int raw = 0; raw < 2; raw++) {
+        const char *name = raw ? "dfr.qcow2" : "df.qcow2";
+        uint8_t *cur = calloc(1, 4 << 20);
+        img = tq_open(tq_path(name), VDK_OPEN_RDWR | VDK_OPEN_ALLOW_DATA_FILE, &err);
+        TQ_CHECK(img != NULL, "%s: open with data file: %s", name, err.msg);
+        if (!img) {
+            free(cur);
+            continue;
+        }
+        if (!raw)
+            memset(cur, 7, 100 << 10);
+        tq_compare_image(img, cur, 4 << 20, name);
+        uint64_t x = 5;
+        uint8_t *buf = malloc(200000);
+        for (int i = 0; i < 300; i++) {
+            uint64_t off = tq_below(&x, 4 << 20), len = 1 + tq_below(&x, 150000);
+            if (len > (4u << 20) - off)
+                len = (4u << 20) - off;
+            int k = (int)tq_below(&x, 4);
+            if (k < 2) {
+                tq_fill(buf, len, x);
+                TQ_OK(vdk_image_pwrite(img, buf, len, off, &err), &err);
+                memcpy(cur + off, buf, len);
+            } else if (k == 2) {
+                TQ_OK(vdk_image_write_zeroes(img, len, off, (unsigned)(i & 1), &err), &err);
+                memset(cur + off, 0, len);
+            } else {
+                TQ_OK(vdk_image_discard(img, len, off, &err), &err);
+                uint64_t cs = vdk_image_cluster_size(img);
+                uint64_t a = (off + cs - 1) / cs * cs, b = (off + len) / cs * cs;
+                if (a < b)
+                    memset(cur + a, 0, b - a);
+            }
+        }
+        free(buf);
+        vdk_extent e;
+        TQ_OK(vdk_image_block_status(img, 0, 4 << 20, VDK_BS_TOP_ONLY, &e, &err), &err);
+        TQ_CHECK(!(e.flags & VDK_BS_OFFSET_VALID), "no host offsets into the data file");
+        TQ_OK(vdk_image_close(img, &err), &err);
+        tq_qemu_check(tq_path(name), name);
+        tq_write_file(tq_path("dfo.raw"), cur, 4 << 20);
+        tq_qemu_compare(tq_path(name), tq_path("dfo.raw"), name);
+        if (raw) {
+            size_t n = 0;
+            uint8_t *d = tq_read_file(tq_path("dfr.raw"), &n);
+            TQ_CHECK(d && n == 4u << 20 && !memcmp(d, cur, n), "raw data file is the disk");
+            free(d);
+        }
+        free(cur);
+    }
+}
+
 int main(void)
 {
     if (!tq_have_qemu()) {
@@ -487,5 +555,6 @@ int main(void)
     test_info_status();
     test_header_bits();
     test_unknown_extension();
+    test_data_file();
     return tq_finish("test_qcow2_features");
 }

@@ -116,7 +116,10 @@ __attribute__((unused)) static bool tq_have_qemu(void)
 __attribute__((unused)) static int tq_qemu_check(const char *path, const char *ctx)
 {
     char out[8192];
-    int st = tq_sh(out, sizeof out, "qemu-img check -f qcow2 '%s'", path);
+    /* From the image's folder: qemu resolves data file names against the
+     * current directory. */
+    int st = tq_sh(out, sizeof out, "cd \"$(dirname '%s')\" && qemu-img check -f qcow2 '%s'",
+                   path, path);
     if (st != 0 || strstr(out, "leak") || strstr(out, "ERROR")) {
         tq_failures++;
         fprintf(stderr, "FAIL qemu-img check (%s) exit %d:\n%s\n", ctx, st, out);
@@ -129,7 +132,9 @@ __attribute__((unused)) static int tq_qemu_check(const char *path, const char *c
 __attribute__((unused)) static int tq_qemu_compare(const char *img, const char *raw, const char *ctx)
 {
     char out[4096];
-    int st = tq_sh(out, sizeof out, "qemu-img compare -f qcow2 -F raw '%s' '%s'", img, raw);
+    int st = tq_sh(out, sizeof out,
+                   "cd \"$(dirname '%s')\" && qemu-img compare -f qcow2 -F raw '%s' '%s'", img,
+                   img, raw);
     if (st != 0) {
         tq_failures++;
         fprintf(stderr, "FAIL qemu-img compare (%s) exit %d:\n%s\n", ctx, st, out);
