@@ -252,7 +252,8 @@ typedef struct qcow2_state {
     bool dirty_set;  /* we set the dirty bit; clear it on clean close */
     bool lazy;       /* lazy refcounts in use */
     bool corrupt;    /* marked corrupt (no more writes) */
-    bool meta_dirty_rc; /* refcounts changed since the last L2 write ordering */
+    bool prealloc_checked; /* metadata preallocation detection done (status.c) */
+    bool metadata_prealloc; /* many more clusters refcounted than the file holds */
     int broken;      /* sticky error after a failed metadata write */
 } qcow2_state;
 

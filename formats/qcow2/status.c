@@ -7,10 +7,34 @@
  * subcluster zero bits): ZERO | ALLOCATED, plus OFFSET_VALID when a host
  * cluster is preallocated. Compressed: DATA | ALLOCATED | COMPRESSED.
  * Unallocated (clusters or subclusters): no flags, the core asks below.
+ *
+ * Like QEMU, when the image looks preallocated (far more clusters have a
+ * refcount than the file really holds), data answers carry VDK_BS_RECURSE
+ * so that the core reports holes of the host file as zeros.
  */
 #include <string.h>
 
 #include "qcow2.h"
+
+/* QEMU's test: clusters with a refcount reach 10/9 of the clusters the
+ * file has blocks for (plus two). Lock held. */
+static void detect_prealloc(qcow2_state *s)
+{
+    s->prealloc_checked = true;
+    uint64_t len;
+    int64_t real = vdk_file_allocated_size(s->file);
+    if (real < 0 || vdk_file_size(s->file, &len, NULL) < 0)
+        return;
+    uint64_t rc = (uint64_t)real / s->cluster_size;
+    uint64_t threshold = rc * 10 / 9 > rc + 2 ? rc * 10 / 9 : rc + 2, count = 0, v;
+    uint64_t end = qcow2_size_to_clusters(s, len);
+    for (uint64_t c = 0; c < end && count < threshold; c++) {
+        if (qcow2_refcount_get(s, c, &v, NULL) < 0)
+            return;
+        count += v != 0;
+    }
+    s->metadata_prealloc = count >= threshold;
+}
 
 int qcow2_block_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *ext,
                        vdk_error *err)
@@ -18,6 +42,8 @@ int qcow2_block_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *e
     qcow2_state *s = vdk_image_priv(img);
     qcow2_map m;
     pthread_mutex_lock(&s->lock);
+    if (!s->prealloc_checked)
+        detect_prealloc(s);
     int r = qcow2_map_range(s, off, len, true, &m, err);
     pthread_mutex_unlock(&s->lock);
     if (r < 0)
@@ -31,6 +57,8 @@ int qcow2_block_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *e
         ext->offset = m.host;
         if (s->data_file != s->file) /* offsets are in the data file, not ours */
             ext->flags &= ~VDK_BS_OFFSET_VALID;
+        else if (s->metadata_prealloc)
+            ext->flags |= VDK_BS_RECURSE;
         break;
     case QCOW2_ZERO:
         ext->flags = VDK_BS_ZERO | VDK_BS_ALLOCATED;
