@@ -59,6 +59,10 @@ int qed_scan_run(qed_scan *sc, vdk_error *err);
  * clusters into leaked space and cut the file. rep's leak counts are
  * updated to what remains. */
 int qed_repair_apply(qed_scan *plan, vdk_error *err);
-int qed_reclaim(qed_state *s, qed_check_report *rep, vdk_error *err);
+int qed_reclaim(qed_state *s, qed_check_report *rep, uint64_t max_move, vdk_error *err);
+
+/* Bytes the repair on open may move to fill leaked space (an open must not
+ * turn into a long copy); an explicit repair has no limit. */
+#define QED_OPEN_MOVE_BUDGET (UINT64_C(256) << 20)
 
 #endif /* VDK_QED_CHECK_INT_H */

@@ -243,7 +243,8 @@ static int scan_table(qed_scan *sc, uint64_t i, vdk_error *err)
     void *t;
     int r = vdk_cache_get(s->l2_cache, toff, &t, err);
     if (r < 0) {
-        bool fixing = (sc->repair & ~QED_REPAIR_DRY_RUN) && !(sc->repair & QED_REPAIR_DRY_RUN);
+        bool fixing = (sc->repair & (QED_REPAIR_LEAKS | QED_REPAIR_ERRORS)) &&
+                      !(sc->repair & QED_REPAIR_DRY_RUN);
         if (sc->apply || fixing || !sc->rep)
             return r; /* never repair from a partial scan */
         vdk_error_clear(err);
@@ -345,7 +346,8 @@ static int repair(qed_scan *sc, bool reclaim, vdk_error *err)
     if (rep->corruptions_fixed)
         r = qed_repair_apply(sc, err);
     if (r == 0 && reclaim && (rep->leaks || rep->corruptions_fixed))
-        r = qed_reclaim(s, rep, err);
+        r = qed_reclaim(s, rep, sc->repair & QED_REPAIR_QUICK ? QED_OPEN_MOVE_BUDGET : UINT64_MAX,
+                        err);
     if (r == 0 && rep->corruptions == 0) {
         s->unchecked = false;
         r = qed_clear_need_check(s, err);

@@ -115,7 +115,8 @@ static int open_writable(qed_state *s, unsigned flags, vdk_error *err)
         s->unchecked = true;
     } else if (s->need_check) {
         qed_check_report rep;
-        r = qed_check_locked(s, QED_REPAIR_LEAKS | QED_REPAIR_ERRORS, &rep, err);
+        r = qed_check_locked(s, QED_REPAIR_LEAKS | QED_REPAIR_ERRORS | QED_REPAIR_QUICK, &rep,
+                             err);
         if (r == 0 && (rep.corruptions || rep.check_errors))
             r = vdk_fail(err, VDK_ECORRUPT,
                          "qed: the image needs a check and repair left %llu corruptions",

@@ -306,6 +306,7 @@ typedef struct qed_check_report {
 #define QED_REPAIR_LEAKS 0x1
 #define QED_REPAIR_ERRORS 0x2
 #define QED_REPAIR_DRY_RUN 0x4 /* plan (fix fields) but write nothing */
+#define QED_REPAIR_QUICK 0x8   /* bound the copying that fills leaks (repair on open) */
 
 /*
  * Scan the image (lock held, no allocation in flight, metadata flushed)

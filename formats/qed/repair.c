@@ -15,7 +15,8 @@
  *     moved tables copied and flushed, then the L1 entries repointed and
  *     flushed. Only then is the file cut after the last used cluster.
  *     Leaked clusters that nothing could fill (below a table that found no
- *     room) stay leaked, their host space released.
+ *     room, or past the copying budget: the repair on open moves at most
+ *     QED_OPEN_MOVE_BUDGET bytes) stay leaked, their host space released.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -92,6 +93,7 @@ static const qmove *moves_find(const moves *m, uint64_t c)
 
 typedef struct compaction {
     qed_scan sc;          /* the consistent image's marks */
+    uint64_t budget;      /* clusters that may still be moved */
     uint64_t *tables;     /* start clusters of the L2 tables, sorted */
     size_t ntables;
     moves data, tabs;
@@ -174,7 +176,10 @@ static int plan_moves(compaction *cp, vdk_error *err)
         if (hi == 0 || lo >= hi - 1)
             break;
         uint64_t top = hi - 1;
+        if (cp->budget < s->table_size)
+            break; /* enough copying for this repair */
         if (qed_bm_test(&cp->sc.data, top)) {
+            cp->budget--;
             if ((r = moves_add(&cp->data, top, lo, err)) < 0)
                 return r;
             qed_bm_reset(&cp->sc.data, top);
@@ -186,6 +191,7 @@ static int plan_moves(compaction *cp, vdk_error *err)
             break; /* the header, the L1 table, or no room for this table */
         if ((r = moves_add(&cp->tabs, t, to, err)) < 0)
             return r;
+        cp->budget -= s->table_size;
         move_table_marks(cp, t, to, s->table_size);
         hi = t;
     }
@@ -314,7 +320,7 @@ static int compact(compaction *cp, uint8_t *buf, vdk_error *err)
     return r;
 }
 
-int qed_reclaim(qed_state *s, qed_check_report *rep, vdk_error *err)
+int qed_reclaim(qed_state *s, qed_check_report *rep, uint64_t max_move, vdk_error *err)
 {
     int r = qed_set_need_check(s, err);
     if (r < 0)
@@ -322,6 +328,7 @@ int qed_reclaim(qed_state *s, qed_check_report *rep, vdk_error *err)
     vdk_cache_drop_clean(s->l2_cache);
     compaction cp;
     memset(&cp, 0, sizeof cp);
+    cp.budget = max_move >> s->cluster_bits;
     uint8_t *buf = vdk_alloc_aligned(s->cluster_size, false);
     if (!buf)
         return vdk_fail(err, -ENOMEM, "out of memory");
