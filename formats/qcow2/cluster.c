@@ -402,7 +402,7 @@ int qcow2_l2_get_for_write(qcow2_state *s, uint64_t l1i, uint8_t **table, vdk_er
     r = l2_new(s, l1i, old, table, err);
     vdk_cache_put(s->l2_cache, (void **)&old);
     if (r == 0)
-        r = qcow2_free_later(s, off, s->cluster_size, true, err);
+        r = qcow2_free_later(s, off, s->cluster_size, QCOW2_FREE_L2, err);
     if (r < 0)
         qcow2_l2_put(s, table);
     return r;

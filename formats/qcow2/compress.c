@@ -191,7 +191,7 @@ static int store_cluster(qcow2_state *s, uint64_t gc, const uint8_t *data, uint6
         r = qcow2_set_entries(s, gc, 1, &w, &b, err);
         if (r == 0) {
             vdk_cache_flush_before_write(s->l2_cache);
-            r = qcow2_free_entry_later(s, &old, err);
+            r = qcow2_free_entry_later(s, &old, 0, err);
         }
     } else {
         qcow2_free_now(s, host, size, NULL);

@@ -337,7 +337,7 @@ static int link_run(qcow2_state *s, const wplan *p, vdk_error *err)
         return r;
     vdk_cache_flush_before_write(s->l2_cache);
     for (uint64_t i = 0; i < p->k && !p->reuse && r == 0; i++)
-        r = qcow2_free_entry_later(s, &p->old[i], err);
+        r = qcow2_free_entry_later(s, &p->old[i], 0, err);
     if (r == 0 && qcow2_too_many_pending(s))
         r = qcow2_meta_flush(s, err);
     return r;

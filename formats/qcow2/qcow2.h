@@ -135,8 +135,11 @@ typedef struct qcow2_free {
     uint64_t cluster; /* first host cluster index */
     uint64_t count;   /* clusters */
     uint64_t seq;     /* operations with seq <= this may still use it */
-    bool l2_table;    /* drop from the L2 cache when freed */
+    unsigned flags;   /* QCOW2_FREE_* */
 } qcow2_free;
+
+#define QCOW2_FREE_L2 0x1    /* an L2 table: drop it from the L2 cache when freed */
+#define QCOW2_FREE_PUNCH 0x2 /* a guest discard: punch a hole once it is free */
 
 /* Decoded mapping kinds of a guest byte. */
 enum qcow2_kind {
@@ -328,9 +331,10 @@ int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, bool exact, uint64_t *off,
 int qcow2_alloc_clusters_at_end(qcow2_state *s, uint64_t n, uint64_t *off, vdk_error *err);
 int qcow2_alloc_cluster_at(qcow2_state *s, uint64_t cluster, bool *ok, vdk_error *err);
 int qcow2_free_now(qcow2_state *s, uint64_t off, uint64_t len, vdk_error *err);
-int qcow2_free_later(qcow2_state *s, uint64_t off, uint64_t len, bool l2_table,
+int qcow2_free_later(qcow2_state *s, uint64_t off, uint64_t len, unsigned flags,
                      vdk_error *err);
-int qcow2_free_entry_later(qcow2_state *s, const qcow2_cinfo *ci, vdk_error *err);
+int qcow2_free_entry_later(qcow2_state *s, const qcow2_cinfo *ci, unsigned flags,
+                           vdk_error *err);
 int qcow2_apply_pending_frees(qcow2_state *s, vdk_error *err);
 bool qcow2_too_many_pending(const qcow2_state *s);
 void qcow2_compressed_range(const qcow2_state *s, uint64_t entry, uint64_t *off,

@@ -636,7 +636,7 @@ int qcow2_free_now(qcow2_state *s, uint64_t off, uint64_t len, vdk_error *err)
     return r < 0 ? qcow2_set_broken(s, r) : 0;
 }
 
-int qcow2_free_later(qcow2_state *s, uint64_t off, uint64_t len, bool l2_table,
+int qcow2_free_later(qcow2_state *s, uint64_t off, uint64_t len, unsigned flags,
                      vdk_error *err)
 {
     if (len == 0)
@@ -645,8 +645,8 @@ int qcow2_free_later(qcow2_state *s, uint64_t off, uint64_t len, bool l2_table,
     uint64_t count = ((off + len - 1) >> s->cluster_bits) - first + 1;
     if (s->npending) {
         qcow2_free *p = &s->pending[s->npending - 1];
-        if (p->cluster + p->count == first && p->seq == s->op_seq && !p->l2_table &&
-            !l2_table) {
+        if (p->cluster + p->count == first && p->seq == s->op_seq && p->flags == flags &&
+            !(flags & QCOW2_FREE_L2)) {
             p->count += count;
             return 0;
         }
@@ -659,7 +659,7 @@ int qcow2_free_later(qcow2_state *s, uint64_t off, uint64_t len, bool l2_table,
         s->pending = n;
         s->cap_pending = cap;
     }
-    s->pending[s->npending++] = (qcow2_free){first, count, s->op_seq, l2_table};
+    s->pending[s->npending++] = (qcow2_free){first, count, s->op_seq, flags};
     return 0;
 }
 
@@ -673,17 +673,18 @@ void qcow2_compressed_range(const qcow2_state *s, uint64_t entry, uint64_t *off,
 }
 
 /* Queue the release of whatever host storage an old L2 entry held. */
-int qcow2_free_entry_later(qcow2_state *s, const qcow2_cinfo *ci, vdk_error *err)
+int qcow2_free_entry_later(qcow2_state *s, const qcow2_cinfo *ci, unsigned flags,
+                           vdk_error *err)
 {
     if (s->data_file != s->file && !ci->compressed)
         return 0; /* clusters of an external data file are not refcounted */
     if (ci->compressed) {
         uint64_t off, len;
         qcow2_compressed_range(s, ci->word, &off, &len);
-        return qcow2_free_later(s, off, len, false, err);
+        return qcow2_free_later(s, off, len, flags, err);
     }
     if (ci->host)
-        return qcow2_free_later(s, ci->host, s->cluster_size, false, err);
+        return qcow2_free_later(s, ci->host, s->cluster_size, flags, err);
     return 0;
 }
 
@@ -692,10 +693,33 @@ bool qcow2_too_many_pending(const qcow2_state *s)
     return s->npending > MAX_PENDING;
 }
 
+/* Punch holes where the freed clusters are now unused (best effort: a file
+ * system without hole punching keeps the old bytes, which no one reads). */
+static int punch_free(qcow2_state *s, const qcow2_free *f, vdk_error *err)
+{
+    uint64_t run = 0, v;
+    for (uint64_t i = 0; i <= f->count; i++) {
+        int r = i < f->count ? qcow2_refcount_get(s, f->cluster + i, &v, err) : 0;
+        if (r < 0)
+            return r;
+        if (i < f->count && v == 0) {
+            run++;
+            continue;
+        }
+        if (run)
+            vdk_file_discard(s->file, (f->cluster + i - run) << s->cluster_bits,
+                             run << s->cluster_bits, NULL);
+        run = 0;
+    }
+    return 0;
+}
+
 static int apply_one(qcow2_state *s, const qcow2_free *f, vdk_error *err)
 {
     int r = qcow2_refcount_update(s, f->cluster, f->count, -1, err);
-    if (r < 0 || !f->l2_table)
+    if (r == 0 && (f->flags & QCOW2_FREE_PUNCH))
+        r = punch_free(s, f, err);
+    if (r < 0 || !(f->flags & QCOW2_FREE_L2))
         return r;
     uint64_t v;
     r = qcow2_refcount_get(s, f->cluster, &v, err);

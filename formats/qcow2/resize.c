@@ -183,14 +183,14 @@ static int drop_clusters(qcow2_state *s, uint64_t gc, uint64_t end, vdk_error *e
             if (r == 0 && !whole && (ci.word || ci.bitmap))
                 r = qcow2_set_entries(s, c, 1, &zero, &zero, err);
             if (r == 0)
-                r = qcow2_free_entry_later(s, &ci, err);
+                r = qcow2_free_entry_later(s, &ci, QCOW2_FREE_PUNCH, err);
             if (r < 0)
                 return r;
         }
         if (whole) { /* the whole table is past the end */
             s->l1[l1i] = 0;
             qcow2_l1_mark_dirty(s, l1i);
-            int r = qcow2_free_later(s, l2, s->cluster_size, true, err);
+            int r = qcow2_free_later(s, l2, s->cluster_size, QCOW2_FREE_L2 | QCOW2_FREE_PUNCH, err);
             if (r < 0)
                 return r;
         }

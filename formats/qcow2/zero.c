@@ -72,7 +72,7 @@ static int zero_batch(qcow2_state *s, uint64_t gc, uint64_t n, unsigned flags, b
             continue;
         r = qcow2_set_entries(s, gc + i, 1, &w, &b, err);
         if (r == 0 && free_old)
-            r = qcow2_free_entry_later(s, &ci, err);
+            r = qcow2_free_entry_later(s, &ci, QCOW2_FREE_PUNCH, err);
         if (r < 0)
             return r;
     }

@@ -9,6 +9,7 @@
  */
 #include <sys/wait.h>
 
+#include "file-test.h"
 #include "test_qcow2_util.h"
 
 static vdk_kv kvs[16];
@@ -540,6 +541,66 @@ static void test_data_file(void)
     }
 }
 
+/* ---------------------------------------------------------------- sticky errors */
+
+static vdk_file *fault_file;
+
+static vdk_file *fault_hook(vdk_file *f, const char *path, void *ctx)
+{
+    (void)path;
+    (void)ctx;
+    struct vdk_fault_spec none = {.op = VDK_FAULT_WRITE, .nth = 0};
+    vdk_file *w = vdk_file_fault_new(f, &none);
+    if (!w)
+        return f;
+    vdk_file_unref(f);
+    fault_file = w;
+    return w;
+}
+
+static void test_sticky_error(void)
+{
+    vdk_error err = {0};
+    const char *p = tq_path("st.qcow2");
+    TQ_OK(create("st.qcow2", 8 << 20, "cluster_size=4096", &err), &err);
+    vdk_file_set_open_hook(fault_hook, NULL);
+    vdk_image *img = tq_open(p, VDK_OPEN_RDWR, &err);
+    vdk_file_set_open_hook(NULL, NULL);
+    if (!img || !fault_file)
+        return;
+    write_pattern(img, 0, 1 << 20, 5); /* metadata dirty in the caches */
+    struct vdk_fault_spec fail = {.op = VDK_FAULT_WRITE, .nth = 1, .error = -EIO,
+                                  .persistent = true};
+    vdk_file_fault_set(fault_file, &fail);
+    int r = vdk_image_flush(img, &err);
+    TQ_CHECK(r == -EIO, "flush with failing metadata writes: %s", err.msg);
+    struct vdk_fault_spec ok = {.op = VDK_FAULT_WRITE, .nth = 0};
+    vdk_file_fault_set(fault_file, &ok);
+    r = vdk_image_pwrite(img, "x", 1, 3 << 20, &err);
+    TQ_CHECK(r == VDK_EBROKEN, "write after a failed metadata write: %s %s", vdk_errname(r),
+             err.msg);
+    r = vdk_image_flush(img, &err);
+    TQ_CHECK(r == VDK_EBROKEN, "flush stays broken: %s", vdk_errname(r));
+    TQ_CHECK(range_is(img, 0, 4096, 5), "reads still work");
+    vdk_image_close(img, &err);
+    fault_file = NULL;
+    /* A data write failure is not sticky. */
+    TQ_OK(create("st.qcow2", 8 << 20, "cluster_size=4096", &err), &err);
+    vdk_file_set_open_hook(fault_hook, NULL);
+    img = tq_open(p, VDK_OPEN_RDWR, &err);
+    vdk_file_set_open_hook(NULL, NULL);
+    if (!img || !fault_file)
+        return;
+    struct vdk_fault_spec once = {.op = VDK_FAULT_WRITE, .nth = 1, .error = -ENOSPC};
+    vdk_file_fault_set(fault_file, &once);
+    r = vdk_image_pwrite(img, "abc", 3, 4096, &err);
+    TQ_CHECK(r == -ENOSPC, "data write failure reported: %s", vdk_errname(r));
+    TQ_OK(vdk_image_pwrite(img, "abc", 3, 4096, &err), &err);
+    TQ_OK(vdk_image_close(img, &err), &err);
+    fault_file = NULL;
+    tq_qemu_check(p, "after a failed data write");
+}
+
 int main(void)
 {
     if (!tq_have_qemu()) {
@@ -556,5 +617,6 @@ int main(void)
     test_header_bits();
     test_unknown_extension();
     test_data_file();
+    test_sticky_error();
     return tq_finish("test_qcow2_features");
 }
