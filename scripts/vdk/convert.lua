@@ -112,6 +112,11 @@ end
 -- Create the target under a temporary name and open it read-write.
 -- Returns image, temporary path; or nil, message.
 function M.create_target(path, format, size, values, cache)
+  local proto = path:match("^(%a[%w+.-]*)://") or path:match("^(nbd):")
+  if proto then
+    return nil, ("Protocol driver '%s' does not support image creation: use -n to write "
+                 .. "into '%s'"):format(proto:match("^%a+"), path)
+  end
   if exists(path) then
     return nil, ("'%s' already exists; use -n to convert into it, or remove it first"):format(path)
   end
