@@ -434,7 +434,7 @@ static int write_step(qcow2_state *s, const uint8_t *buf, uint64_t len, uint64_t
         qcow2_cinfo nx;
         uint64_t want = len - n < cs ? len - n : cs;
         r = qcow2_lookup(s, gc + (n + (off & (cs - 1))) / cs, &nx, err);
-        if (r < 0 || !in_place_ok(s, &nx, 0, want) || nx.host != host + n - (host & 0))
+        if (r < 0 || !in_place_ok(s, &nx, 0, want) || nx.host != host + n)
             break;
         n += want;
     }
