@@ -148,7 +148,9 @@ int vdk_image_set_backing(vdk_image *img, const char *name, const char *format,
 /*
  * Read guest data from the backing chain for a range this layer does not
  * define: reads the backing image, zero-fills past its end, and zero-fills
- * everything when there is no backing file.
+ * everything when there is no backing file. When the image names a backing
+ * file that was not opened (VDK_OPEN_NO_BACKING): zeros if the image is
+ * read-only, an error if it is writable (copy-on-write must not invent data).
  */
 int vdk_backing_pread(vdk_image *img, void *buf, size_t len, uint64_t off,
                       vdk_error *err);

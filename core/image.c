@@ -682,6 +682,14 @@ int vdk_image_resize(vdk_image *img, uint64_t size, int prealloc, unsigned flags
 int vdk_backing_pread(vdk_image *img, void *buf, size_t len, uint64_t off, vdk_error *err)
 {
     vdk_image *b = img->backing;
+    /* A writable image whose recorded backing file was not opened cannot
+     * tell what its unallocated ranges hold: copying zeros into a cluster
+     * (copy-on-write) would silently replace the backing data. */
+    if (!b && img->backing_name && (img->flags & VDK_OPEN_RDWR))
+        return vdk_fail(err, -EIO,
+                        "backing file '%s' is not open, so data it holds at offset %llu "
+                        "cannot be read",
+                        img->backing_name, (unsigned long long)off);
     uint64_t bsize = b ? vdk_image_size(b) : 0;
     size_t n = 0; /* bytes that come from the backing file */
     if (b && off < bsize)
@@ -690,8 +698,6 @@ int vdk_backing_pread(vdk_image *img, void *buf, size_t len, uint64_t off, vdk_e
         memset((uint8_t *)buf + n, 0, len - n);
     if (n == 0)
         return 0;
-    if (!img->backing && img->backing_name)
-        return vdk_fail(err, -EIO, "backing file '%s' is not open", img->backing_name);
     return vdk_image_pread(b, buf, n, off, err);
 }
 

@@ -33,6 +33,13 @@ M.formats = {
     { name = "refcount_bits", type = "num", default = "16",
       help = "Width of a reference count entry in bits" },
   },
+  qed = {
+    { name = "size", type = "size", help = "Virtual disk size" },
+    { name = "backing_file", type = "str", help = "File name of a base image" },
+    { name = "backing_fmt", type = "str", help = "Image format of the base image" },
+    { name = "cluster_size", type = "size", default = "65536", help = "Cluster size (in bytes)" },
+    { name = "table_size", type = "size", help = "L1/L2 table size (in clusters)" },
+  },
 }
 
 local TYPE_TEXT = { size = "<size>", num = "<num>", bool = "<bool (on/off)>", str = "<str>" }
