@@ -19,7 +19,8 @@
 #   bench/nbd.sh [-n RUNS] [-s SIZE_MIB] [-d DELAY] [source|target|all]
 #   bench/nbd.sh design      the driver's design measurement: a pool of
 #                            synchronous libnbd handles against vdk's aio
-#                            driver, 8 threads, 1 MiB and 256 KiB requests
+#                            driver, threads reading or writing the whole
+#                            export in 1 MiB, 256 KiB and 64 KiB requests
 # Environment: VDK (the vdk program; default build/vdk), VDK_BUILD_DIR
 # (for `design`: where libvdk.so is; default build).
 set -euo pipefail
@@ -241,18 +242,22 @@ EOF
   cc -O2 -o "$work/design" "$work/design.c" -I"$top/core" -L"$build" -lvdk -lnbd -lpthread \
      -Wl,-rpath,"$build"
   serve memory "${size_mib}M"
-  echo "== design: ${size_mib} MiB nbdkit memory, $delay per request, 8 threads (ms, $runs runs: median)"
-  printf '  %-22s %10s %10s %10s %10s\n' "" "1M read" "1M write" "256K read" "256K write"
-  local mode c ch op line
+  echo "== design: ${size_mib} MiB nbdkit memory, $delay per request (ms, median of $runs)"
+  echo "   columns: threads x request size, read or write; aio rows: at most N connections"
+  local cols=("8 1048576 read" "8 1048576 write" "8 262144 read" "8 262144 write"
+              "64 65536 read" "64 65536 write")
+  printf '  %-22s' ""
+  printf ' %11s' "8x1M rd" "8x1M wr" "8x256K rd" "8x256K wr" "64x64K rd" "64x64K wr"
+  echo
+  local mode c col line th ch op
   for mode in sync aio; do
     for c in 1 4; do
       line=$(printf '  %-22s' "$mode, $c connection(s)")
-      for ch in 1048576 262144; do
-        for op in read write; do
-          local ts=()
-          for ((r = 0; r < runs; r++)); do ts+=("$("$work/design" $mode $op $c 8 $ch "$uri")"); done
-          line+=$(printf ' %10s' "$(printf '%s\n' "${ts[@]}" | median)")
-        done
+      for col in "${cols[@]}"; do
+        read -r th ch op <<<"$col"
+        local ts=()
+        for ((r = 0; r < runs; r++)); do ts+=("$("$work/design" $mode $op $c $th $ch "$uri")"); done
+        line+=$(printf ' %11s' "$(printf '%s\n' "${ts[@]}" | median)")
       done
       echo "$line"
     done

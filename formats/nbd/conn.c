@@ -47,6 +47,7 @@ struct vnbd_conn {
     bool started;
     atomic_bool closing;
     pthread_mutex_t mu;  /* guards the fields below */
+    atomic_int load;     /* = inflight, readable without the lock */
     int inflight;        /* commands submitted and not completed */
     int flushes;         /* of which flushes */
     double activity;     /* monotonic seconds of the last socket activity */
@@ -151,6 +152,7 @@ int vnbd_conn_open(const vnbd_target *t, unsigned timeout_s, vnbd_conn **out, vd
 }
 
 struct nbd_handle *vnbd_conn_handle(vnbd_conn *c) { return c->h; }
+int vnbd_conn_load(vnbd_conn *c) { return atomic_load(&c->load); }
 
 /* ---------------------------------------------------------------- dispatcher */
 
@@ -271,13 +273,18 @@ int vnbd_conn_start(vnbd_conn *c, vdk_error *err)
     return 0;
 }
 
+void vnbd_conn_begin_close(vnbd_conn *c)
+{
+    if (c && c->started && !atomic_exchange(&c->closing, true))
+        wake(c);
+}
+
 void vnbd_conn_close(vnbd_conn *c)
 {
     if (!c)
         return;
     if (c->started) {
-        atomic_store(&c->closing, true);
-        wake(c);
+        vnbd_conn_begin_close(c);
         pthread_join(c->thread, NULL);
     }
     nbd_close(c->h);
@@ -334,6 +341,7 @@ static void conn_account(vnbd_conn *c, enum vnbd_op op, int delta)
     if (delta > 0 && c->inflight == 0)
         c->activity = now_s(); /* an idle connection starts its clock now */
     c->inflight += delta;
+    atomic_store(&c->load, c->inflight);
     if (op == VNBD_OP_FLUSH)
         c->flushes += delta;
     pthread_mutex_unlock(&c->mu);

@@ -14,27 +14,27 @@
  * connections only when the server offers multi-conn) and libnbd's aio API
  * with a dispatcher thread per connection (conn.c), so that every worker's
  * request is in flight at once even on a single connection. Measured on
- * this machine (2 cores) against `nbdkit --filter=delay memory 256M
- * delay-read=2ms delay-write=2ms` on a unix socket, 8 threads reading or writing
- * the whole disk (`bench/nbd.sh design` builds and runs the harness;
- * milliseconds, two runs each):
+ * this machine (2 cores, shared, so +-20%) against `nbdkit --filter=delay
+ * memory 256M delay-read=2ms delay-write=2ms` on a unix socket: threads
+ * reading or writing the whole export, milliseconds, median of three runs
+ * (`bench/nbd.sh design` builds and runs the harness):
  *
- *                          1 MiB requests          256 KiB requests
- *                          read       write        read       write
- *     sync pool, 1 conn    710-720    700-1010     2530       2550
- *     sync pool, 4 conns   225-230    210-250      680        650
- *     aio, 1 conn          130-140    120-140      340        330
- *     aio, 4 conns         135-150    135-140      330        315
+ *                       8 x 1 MiB     8 x 256 KiB    64 x 64 KiB
+ *                       read  write   read  write    read   write
+ *   sync pool, 1 conn   698   786     2573  3578     10990  10910
+ *   sync pool, 4 conns  321   351     878   720      2844   2497
+ *   aio, 1 conn         174   157     371   397      586    707
+ *   aio, up to 4 conns  207   161     376   393      431    328
  *
- * (Without the delay the same reads take ~110 ms: the aio design hides
- * the latency almost entirely.) aio wins wherever latency matters and,
- * unlike the pool, does not need multi-conn (qemu-nbd offers it only for
- * some read-only exports), so it is the one kept. Extra connections still
- * pay off at high depth on multi-conn servers (64 threads of 64 KiB reads:
- * 670 ms on one connection, 230-330 ms on four, as each nbdkit connection
- * serves 16 requests at a time), so with multi-conn we open
- * VNBD_DEFAULT_CONNS of them; a write may then go over any connection and
- * one flush makes all of them durable.
+ * Without the delay the 1 MiB reads take ~110 ms: the aio design hides the
+ * latency almost entirely, and unlike the pool it does not need multi-conn
+ * (which qemu-nbd offers only for some read-only exports). So aio it is.
+ * More connections pay off only when one is saturated (each nbdkit or
+ * qemu-nbd connection serves 16 requests at a time) and otherwise cost
+ * threads on a small machine, so with multi-conn we open them on demand:
+ * another when every connection has VNBD_CONN_DEPTH commands in flight, up
+ * to VNBD_DEFAULT_CONNS. A write may then go over any connection, and one
+ * flush makes all of them durable.
  *
  * Requests are split to the server's maximum size and sent all at once;
  * unaligned requests (servers with a minimum block size) are widened with a
@@ -42,9 +42,10 @@
  * answers come from base:allocation and are cached (one reply describes
  * many extents; the core asks again for each), dropped on every write.
  *
- * Tuning through the environment: VDK_NBD_CONNECTIONS (1..8, used only
- * with multi-conn) and VDK_NBD_TIMEOUT (seconds without any answer before
- * a connection is declared dead, default 120; 0 disables it).
+ * Tuning through the environment: VDK_NBD_CONNECTIONS (most connections,
+ * 1..8, used only with multi-conn; default 4) and VDK_NBD_TIMEOUT (seconds
+ * without any answer before a connection is declared dead, default 120;
+ * 0 disables it).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -54,6 +55,9 @@
 #include "nbd.h"
 
 #define VNBD_DEFAULT_CONNS 4
+/* Commands in flight on every connection before we open another: what one
+ * connection of qemu-nbd or nbdkit serves at once. */
+#define VNBD_CONN_DEPTH 16
 #define VNBD_DEFAULT_TIMEOUT 120
 /* Largest read or write we send when the server names no maximum, as the
  * NBD protocol recommends (and qemu-nbd's limit). */
@@ -76,9 +80,13 @@ typedef struct vnbd_extents {
 typedef struct vnbd_state {
     vnbd_target target;
     char *legacy; /* storage of the parsed legacy name */
-    vnbd_conn *conns[VNBD_MAX_CONNS];
-    int nconns;
-    atomic_uint next_conn;
+    vnbd_conn *conns[VNBD_MAX_CONNS]; /* the first nconns are in use */
+    atomic_int nconns;
+    int max_conns;            /* 1 unless the server offers multi-conn */
+    unsigned timeout;         /* VDK_NBD_TIMEOUT */
+    bool server_ro;
+    pthread_mutex_t grow_lock; /* one thread at a time adds a connection */
+    bool grow_failed;          /* under grow_lock: stop trying */
     uint64_t size;
     uint32_t min_block; /* power of two, >= 1 */
     uint32_t max_req;   /* multiple of min_block */
@@ -156,8 +164,12 @@ static unsigned env_uint(const char *name, unsigned def, unsigned max)
 
 static void state_free(vnbd_state *st)
 {
-    for (int i = 0; i < st->nconns; i++)
+    int n = atomic_load(&st->nconns);
+    for (int i = 0; i < n; i++) /* all say goodbye at once */
+        vnbd_conn_begin_close(st->conns[i]);
+    for (int i = 0; i < n; i++)
         vnbd_conn_close(st->conns[i]);
+    pthread_mutex_destroy(&st->grow_lock);
     pthread_mutex_destroy(&st->rmw_lock);
     pthread_mutex_destroy(&st->bs_lock);
     free(st->bs);
@@ -171,9 +183,16 @@ static int read_export(vnbd_state *st, bool rw, vdk_error *err)
     struct nbd_handle *h = vnbd_conn_handle(st->conns[0]);
     int64_t size = nbd_get_size(h);
     if (size < 0)
-        return vdk_fail(err, -EIO, "nbd: cannot get the export size: %s", nbd_get_error());
+        return vdk_fail(err, -EIO, "nbd: cannot get the export size: %s",
+                        nbd_get_error() ? nbd_get_error() : "unknown error");
     st->size = (uint64_t)size;
-    if (rw && nbd_is_read_only(h) != 0)
+    st->server_ro = nbd_is_read_only(h) != 0;
+    if (nbd_can_multi_conn(h) > 0)
+        st->max_conns = (int)env_uint("VDK_NBD_CONNECTIONS", VNBD_DEFAULT_CONNS,
+                                      VNBD_MAX_CONNS);
+    if (st->max_conns < 1)
+        st->max_conns = 1;
+    if (rw && st->server_ro)
         return vdk_fail(err, -EROFS, "nbd: the server exports this disk read-only; open it "
                         "read-only");
     int64_t min = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
@@ -197,28 +216,38 @@ static int read_export(vnbd_state *st, bool rw, vdk_error *err)
     return 0;
 }
 
-/* More connections when the server says they see one another's writes.
- * Failing to get them is not an error: the first one is enough. */
-static void add_connections(vnbd_state *st, unsigned timeout)
+/*
+ * One more connection, when the server says connections see one another's
+ * writes (multi-conn) and the ones we have are busy. Failing to get it is
+ * not an error: the connections we have carry on, and we stop trying.
+ */
+static vnbd_conn *grow(vnbd_state *st, vnbd_conn *busy)
 {
-    struct nbd_handle *h = vnbd_conn_handle(st->conns[0]);
-    if (nbd_can_multi_conn(h) <= 0)
-        return;
-    unsigned want = env_uint("VDK_NBD_CONNECTIONS", VNBD_DEFAULT_CONNS, VNBD_MAX_CONNS);
-    while (st->nconns < (int)want) {
-        vnbd_conn *c;
+    if (pthread_mutex_trylock(&st->grow_lock) != 0)
+        return busy; /* someone else is adding one */
+    int n = atomic_load(&st->nconns);
+    vnbd_conn *c = NULL;
+    if (!st->grow_failed && n < st->max_conns) {
         /* A server that advertises multi-conn but queues further clients
-         * must not stall the open: extra handshakes get a few seconds. */
-        if (vnbd_conn_open(&st->target, timeout && timeout < 5 ? timeout : 5, &c, NULL) < 0)
-            return;
-        struct nbd_handle *hc = vnbd_conn_handle(c);
-        if (nbd_get_size(hc) != (int64_t)st->size ||
-            nbd_is_read_only(hc) != nbd_is_read_only(h)) {
-            vnbd_conn_close(c);
-            return;
+         * must not stall us: extra handshakes get a few seconds. */
+        unsigned t = st->timeout && st->timeout < 5 ? st->timeout : 5;
+        if (vnbd_conn_open(&st->target, t, &c, NULL) == 0) {
+            struct nbd_handle *h = vnbd_conn_handle(c);
+            if (nbd_get_size(h) != (int64_t)st->size ||
+                (nbd_is_read_only(h) != 0) != st->server_ro || vnbd_conn_start(c, NULL) < 0) {
+                vnbd_conn_close(c);
+                c = NULL;
+            }
         }
-        st->conns[st->nconns++] = c;
+        if (c) {
+            st->conns[n] = c;
+            atomic_store(&st->nconns, n + 1);
+        } else {
+            st->grow_failed = true;
+        }
     }
+    pthread_mutex_unlock(&st->grow_lock);
+    return c ? c : busy;
 }
 
 static int vnbd_open(vdk_image *img, vdk_error *err)
@@ -228,19 +257,18 @@ static int vnbd_open(vdk_image *img, vdk_error *err)
         return vdk_fail(err, -ENOMEM, "out of memory");
     pthread_mutex_init(&st->rmw_lock, NULL);
     pthread_mutex_init(&st->bs_lock, NULL);
+    pthread_mutex_init(&st->grow_lock, NULL);
     bool rw = (vdk_image_open_flags(img) & VDK_OPEN_RDWR) != 0;
-    unsigned timeout = env_uint("VDK_NBD_TIMEOUT", VNBD_DEFAULT_TIMEOUT, 86400);
+    st->timeout = env_uint("VDK_NBD_TIMEOUT", VNBD_DEFAULT_TIMEOUT, 86400);
     int r = parse_name(vdk_image_filename(img), st, err);
-    if (r == 0 && (r = vnbd_conn_open(&st->target, timeout, &st->conns[0], err)) == 0)
-        st->nconns = 1;
+    if (r == 0 && (r = vnbd_conn_open(&st->target, st->timeout, &st->conns[0], err)) == 0)
+        atomic_store(&st->nconns, 1);
     if (r == 0)
         r = read_export(st, rw, err);
     if (r == 0 && st->has_status && !(st->bs = calloc(1, sizeof *st->bs)))
         r = vdk_fail(err, -ENOMEM, "out of memory");
     if (r == 0)
-        add_connections(st, timeout);
-    for (int i = 0; r == 0 && i < st->nconns; i++)
-        r = vnbd_conn_start(st->conns[i], err);
+        r = vnbd_conn_start(st->conns[0], err);
     if (r < 0) {
         state_free(st);
         return r;
@@ -277,10 +305,22 @@ static int report(const vnbd_wait *w, vdk_error *err)
                     w->cause);
 }
 
+/* The least busy connection; a new one when all are busy and we may. */
 static vnbd_conn *pick_conn(vnbd_state *st)
 {
-    unsigned i = atomic_fetch_add(&st->next_conn, 1);
-    return st->conns[i % (unsigned)st->nconns];
+    int n = atomic_load(&st->nconns);
+    vnbd_conn *best = st->conns[0];
+    int best_load = vnbd_conn_load(best);
+    for (int i = 1; i < n && best_load > 0; i++) {
+        int l = vnbd_conn_load(st->conns[i]);
+        if (l < best_load) {
+            best = st->conns[i];
+            best_load = l;
+        }
+    }
+    if (best_load >= VNBD_CONN_DEPTH && n < st->max_conns)
+        best = grow(st, best);
+    return best;
 }
 
 /*
@@ -572,10 +612,13 @@ static int vnbd_block_status(vdk_image *img, uint64_t off, uint64_t len, vdk_ext
     if (!e)
         return vdk_fail(err, -ENOMEM, "out of memory");
     int r = query_status(st, off, e, err);
-    if (r == 0 && !extents_lookup(e, off, len, ext))
-        r = vdk_fail(err, -EIO, "nbd: the server's block status reply does not describe "
-                     "offset %llu", (unsigned long long)off);
-    if (r == 0) {
+    if (r == 0 && !extents_lookup(e, off, len, ext)) {
+        /* A reply that does not reach off says nothing: read it as data. */
+        *ext = (vdk_extent){.start = off, .length = len, .offset = off,
+                            .flags = VDK_BS_DATA | VDK_BS_ALLOCATED | VDK_BS_OFFSET_VALID};
+        e->n = 0;
+    }
+    if (r == 0 && e->n) {
         pthread_mutex_lock(&st->bs_lock);
         if (atomic_load(&st->bs_gen) == gen) { /* no write since we asked */
             st->bs->start = e->start;

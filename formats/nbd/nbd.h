@@ -70,8 +70,12 @@ typedef struct vnbd_cmd {
 typedef struct vnbd_conn vnbd_conn;
 int vnbd_conn_open(const vnbd_target *t, unsigned timeout_s, vnbd_conn **out, vdk_error *err);
 struct nbd_handle *vnbd_conn_handle(vnbd_conn *c);
+/* Commands in flight on c (a hint: it changes as you read it). */
+int vnbd_conn_load(vnbd_conn *c);
 /* Start the dispatcher: from now on only vnbd_conn_submit talks to the server. */
 int vnbd_conn_start(vnbd_conn *c, vdk_error *err);
+/* Ask the dispatcher to say goodbye to the server, without waiting. */
+void vnbd_conn_begin_close(vnbd_conn *c);
 /* Disconnect politely (bounded wait), stop the dispatcher, free. NULL is ok. */
 void vnbd_conn_close(vnbd_conn *c);
 
