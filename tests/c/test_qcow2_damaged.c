@@ -129,6 +129,12 @@ static void header_cases(void)
     wr(d, 72, 8, UINT64_C(1) << 40 | UINT64_C(1) << 7);
     expect_open_fail("unknown incompatible bits", d, 0, VDK_EUNSUPPORTED, "bit 7, bit 40");
     d = fresh("t.qcow2");
+    wr(d, 121, 1, 9); /* feature table entry 0 now names incompatible bit 9 */
+    wr(d, 122, 8, UINT64_C(0x66616e6379206665)); /* "fancy fe" */
+    wr(d, 130, 8, UINT64_C(0x6174757265000000)); /* "ature" */
+    wr(d, 72, 8, UINT64_C(1) << 9);
+    expect_open_fail("named unknown bit", d, 0, VDK_EUNSUPPORTED, "bit 9 (fancy feature)");
+    d = fresh("t.qcow2");
     wr(d, 72, 8, 8); /* compression type bit, but the field says zlib */
     expect_open_fail("compression bit without type", d, 0, VDK_ECORRUPT, "compression");
     d = fresh("t.qcow2");

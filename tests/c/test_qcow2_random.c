@@ -258,6 +258,8 @@ static const cfg cfgs[] = {
     {"v2 64k raw backing", 32 << 20, NULL, "0.10", NULL, NULL, NULL, NULL, 1, 400, true},
     {"v3 4k qcow2 backing lazy", 8 << 20, "4096", NULL, NULL, "on", NULL, NULL, 2, 400, true},
     {"v3 32k extl2 backing", 16 << 20, "32768", NULL, NULL, NULL, "on", NULL, 1, 400, true},
+    {"v3 512 rc64 table growth", 12 << 20, "512", NULL, "64", NULL, NULL, NULL, 0, 300, true},
+    {"v3 1k rc64 lazy backing", 8 << 20, "1024", NULL, "64", "on", NULL, NULL, 2, 300, true},
     {"v3 1k odd size", (3 << 20) + 1536, "1024", NULL, NULL, NULL, NULL, NULL, 1, 300, true},
 };
 
