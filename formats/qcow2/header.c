@@ -387,7 +387,7 @@ static int check_overlaps(qcow2_state *s, vdk_error *err)
 static int read_cluster0(qcow2_state *s, uint8_t **c0, uint64_t *c0len, vdk_error *err)
 {
     *c0len = s->cluster_size < s->file_size ? s->cluster_size : s->file_size;
-    *c0 = calloc(1, s->cluster_size);
+    *c0 = calloc(1, *c0len); /* no more than the file holds */
     if (!*c0)
         return vdk_fail(err, -ENOMEM, "out of memory");
     int r = vdk_file_pread(s->file, *c0, *c0len, 0, err);

@@ -253,7 +253,7 @@ int qcow2_state_open(vdk_file *file, vdk_image *img, unsigned flags, qcow2_state
     }
     if (r == 0)
         r = repair_if_dirty(s, flags, err);
-    if (r == 0 && s->writable && !(s->incompat & QCOW2_INCOMPAT_DIRTY))
+    if (r == 0 && s->writable)
         r = find_alloc_end(s, err);
     if (r < 0) {
         s->writable = false; /* nothing to write back */

@@ -112,6 +112,12 @@ int qcow2_snapshots_read(qcow2_state *s, vdk_error *err)
     s->snapshots_size = 0;
     if (s->nb_snapshots == 0)
         return 0;
+    /* Each entry takes at least 40 bytes of the file. */
+    if ((uint64_t)s->nb_snapshots * 40 > s->file_size - s->snapshots_offset)
+        return vdk_fail(err, VDK_ECORRUPT,
+                        "qcow2: snapshot table at 0x%llx cannot hold %u snapshots before the "
+                        "end of the file",
+                        (unsigned long long)s->snapshots_offset, s->nb_snapshots);
     s->snaps = calloc(s->nb_snapshots, sizeof *s->snaps);
     if (!s->snaps)
         return vdk_fail(err, -ENOMEM, "out of memory");

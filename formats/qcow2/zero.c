@@ -146,16 +146,31 @@ static int write_zero_bytes(qcow2_state *s, uint64_t off, uint64_t len, vdk_erro
     return 0;
 }
 
+/* Whether [off, off+len) already reads as zeros without any I/O. */
+static int reads_zero(qcow2_state *s, uint64_t off, uint64_t len, bool *yes, vdk_error *err)
+{
+    qcow2_map m;
+    pthread_mutex_lock(&s->lock);
+    int r = qcow2_map_range(s, off, len, false, &m, err);
+    pthread_mutex_unlock(&s->lock);
+    *yes = r == 0 && m.bytes >= len &&
+           (m.kind == QCOW2_ZERO || (m.kind == QCOW2_UNALLOC && !qcow2_has_backing(s)));
+    return r;
+}
+
 /* Zero [off, off+len) inside one cluster (not all of it). */
 static int zero_partial(qcow2_state *s, uint64_t off, uint64_t len, vdk_error *err)
 {
+    bool done;
+    int rz = reads_zero(s, off, len, &done, err);
+    if (rz < 0 || done)
+        return rz;
     if (!s->ext_l2 || s->version < 3)
         return write_zero_bytes(s, off, len, err);
     uint64_t scs = UINT64_C(1) << s->sc_bits, in = off & (s->cluster_size - 1);
     uint64_t a = (in + scs - 1) & ~(scs - 1), b = (in + len) & ~(scs - 1);
     if (a >= b)
         return write_zero_bytes(s, off, len, err);
-    bool done;
     pthread_mutex_lock(&s->lock);
     int r = zero_subclusters(s, off >> s->cluster_bits,
                              (uint32_t)(((UINT64_C(1) << (b >> s->sc_bits)) - 1) &
