@@ -155,6 +155,13 @@ struct vdk_job {
     uint64_t last_refill_ns;
     bool timer_armed;
 
+    /* Early write-back: start writing finished data to disk while the copy
+     * goes on, so the final flush has little left to do. */
+    int wb_fd;                /* the target's host file, or -1 */
+    vdk_work wb_work;
+    bool wb_running;
+    uint64_t wb_pending;      /* bytes written since the last kick */
+
     /* Flush. */
     vdk_work flush_work;
     bool flushing, flushed;
@@ -188,6 +195,8 @@ void copy_read_run(vdk_work *w);
 void copy_write_run(vdk_work *w);
 void compare_read_run(vdk_work *w);
 void copy_flush_run(vdk_work *w);
+void copy_writeback_run(vdk_work *w);
+int copy_writeback_fd(vdk_image *target);
 bool copy_is_zero(const uint8_t *p, size_t n);
 /* copy.c */
 int copy_job_new(uv_loop_t *loop, int kind, const vdk_copy_opts *opts, vdk_job_done_cb done,

@@ -14,10 +14,12 @@
  * Messages name the image, the guest byte offset and the cause, with the
  * lower layer's message (file name, host offset) after a colon.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "copy-int.h"
+#include "file-int.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -269,6 +271,30 @@ void copy_flush_run(vdk_work *w)
                  vdk_image_filename(j->dst), inner);
     }
     j->flush_rc = rc;
+}
+
+/* ---------------------------------------------------------------- early write-back */
+
+/*
+ * The host file descriptor whose dirty pages the engine may push to disk
+ * early: the target's own POSIX file under cache=writeback (O_DIRECT,
+ * writethrough and unsafe have nothing to gain), else -1.
+ */
+int copy_writeback_fd(vdk_image *target)
+{
+    vdk_file *f = vdk_image_file(target);
+    if (!f || vdk_file_cache_mode(f) != VDK_CACHE_WRITEBACK || !vdk_file_is_writable(f) ||
+        strcmp(f->ops->kind, "posix") != 0)
+        return -1;
+    return vdk_posix_fd(f);
+}
+
+/* Start write-back of everything dirty in the target's file (no waiting:
+ * the final flush waits). A failure here is harmless: the flush reports. */
+void copy_writeback_run(vdk_work *w)
+{
+    vdk_job *j = (vdk_job *)((char *)w - offsetof(vdk_job, wb_work));
+    (void)sync_file_range(j->wb_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
 
 /* ---------------------------------------------------------------- compare */

@@ -31,6 +31,8 @@
 #define PLAN_BATCH 256
 #define QUEUE_LOW 64
 #define QUEUE_DATA_LOW ((uint64_t)128 << 20)
+/* Early write-back starts after this many bytes were written since the last. */
+#define WRITEBACK_KICK ((uint64_t)32 << 20)
 /* Zero ranges are handed to write_zeroes in pieces of at most this size,
  * a multiple of every request size, so a cancel is never far away. */
 #define ZERO_CHUNK ((uint64_t)1 << 30)
@@ -225,7 +227,7 @@ static void maybe_flush(vdk_job *j)
 {
     if (j->kind != JOB_COPY || j->flushing || j->flushed || j->stopping)
         return;
-    if (!j->plan.done || j->planning || j->qlen || j->busy)
+    if (!j->plan.done || j->planning || j->qlen || j->busy || j->wb_running)
         return;
     if (j->o.flags & VDK_COPY_NO_FLUSH) {
         j->flushed = true;
@@ -294,8 +296,19 @@ static void write_delivered(vdk_job *j, copy_req *r)
         atomic_fetch_add(&j->p_written, r->n_written);
         atomic_fetch_add(&j->p_zeroed, r->n_zeroed);
         atomic_fetch_add(&j->p_skipped, r->n_skipped);
+        j->wb_pending += r->n_written;
     }
     req_release(j, r);
+}
+
+/* Push written data towards the disk in the background, one kick at a time. */
+static void maybe_writeback(vdk_job *j)
+{
+    if (j->wb_fd < 0 || j->wb_running || j->wb_pending < WRITEBACK_KICK || j->stopping)
+        return;
+    j->wb_pending = 0;
+    j->wb_running = true;
+    submit(j, &j->wb_work, copy_writeback_run);
 }
 
 static void deliver(vdk_mailbox *mb, vdk_work *w)
@@ -303,6 +316,8 @@ static void deliver(vdk_mailbox *mb, vdk_work *w)
     vdk_job *j = mb->owner;
     if (w == &j->plan.work) {
         plan_delivered(j);
+    } else if (w == &j->wb_work) {
+        j->wb_running = false;
     } else if (w == &j->flush_work) {
         j->flushing = false;
         j->flushed = true;
@@ -430,9 +445,11 @@ static void pump(vdk_job *j)
         issue_requests(j);
         issue_writes(j);
         maybe_plan(j);
+        maybe_writeback(j);
         maybe_flush(j);
     }
-    bool idle = atomic_load(&j->p_in_flight) == 0 && !j->planning && !j->flushing;
+    bool idle = atomic_load(&j->p_in_flight) == 0 && !j->planning && !j->flushing &&
+                !j->wb_running;
     if (idle && (j->stopping || finished(j)))
         finish(j);
 }
@@ -467,6 +484,7 @@ int copy_job_new(uv_loop_t *loop, int kind, const vdk_copy_opts *opts, vdk_job_d
     j->done_cb = done;
     j->opaque = opaque;
     j->mismatch = UINT64_MAX;
+    j->wb_fd = -1;
     j->plan.job = j;
     *out = j;
     return 0;
@@ -674,6 +692,7 @@ int vdk_copy_start(uv_loop_t *loop, vdk_image *const *sources, size_t nsources,
         return r;
     }
     derive_geometry(j);
+    j->wb_fd = copy_writeback_fd(target);
     copy_plan_init(&j->plan, j);
     if (!j->detect_zero && !(j->zerobuf = vdk_alloc_aligned(j->o.request_size, true))) {
         job_free_all(j);
