@@ -618,7 +618,9 @@ static void derive_geometry(vdk_job *j)
     unsigned f = j->o.flags;
     j->detect_zero = s > 0;
     j->known_zero = (f & VDK_COPY_TARGET_ZERO) || ((f & VDK_COPY_TARGET_FRESH) && !j->dst_has_backing);
-    j->ordered = !(f & VDK_COPY_UNORDERED) || j->compress;
+    /* Order matters where the target allocates host space as it is written
+     * (formats with clusters); raw files and NBD exports take writes anywhere. */
+    j->ordered = j->compress || (!(f & VDK_COPY_UNORDERED) && j->cluster > 0);
     j->compare_backing = (f & VDK_COPY_BACKING_COMPARE) && (f & VDK_COPY_TARGET_FRESH) &&
                          j->dst_backing;
 }
