@@ -17,6 +17,7 @@ typedef struct cfg {
     int backing; /* 0 none, 1 raw, 2 qcow2 */
     int nops;
     bool compress;
+    int snapshots; /* internal snapshots taken (by qemu-img) during the workload */
 } cfg;
 
 typedef struct run {
@@ -172,12 +173,12 @@ static void op_read(run *R, uint8_t *buf)
     }
 }
 
-static void workload(run *R)
+static void workload(run *R, int nops)
 {
     uint8_t *buf = malloc(8u << 20);
     vdk_error err = {0};
     int start_failures = tq_failures;
-    for (int i = 0; i < R->c->nops && R->img && tq_failures == start_failures; i++) {
+    for (int i = 0; i < nops && R->img && tq_failures == start_failures; i++) {
         uint64_t k = tq_below(&R->x, 100);
         if (k < 45)
             op_write(R, buf);
@@ -215,6 +216,31 @@ static void check_result(run *R)
     tq_qemu_compare(R->path, raw, R->c->name);
 }
 
+static void take_snapshot(run *R, int k)
+{
+    vdk_error err = {0};
+    char out[4096];
+    TQ_OK(vdk_image_close(R->img, &err), &err);
+    R->img = NULL;
+    TQ_CHECK(tq_sh(out, sizeof out, "qemu-img snapshot -c s%d '%s'", k, R->path) == 0,
+             "snapshot: %s", out);
+    reopen(R);
+}
+
+static void check_snapshot(run *R, int k, const uint8_t *want)
+{
+    char out[4096];
+    const char *raw = tq_path("snap.raw");
+    int st = tq_sh(out, sizeof out, "cd '%s' && qemu-img convert -l snapshot.name=s%d -O raw '%s' '%s'",
+                   tq_dir, k, R->path, raw);
+    TQ_CHECK(st == 0, "%s: convert snapshot s%d: %s", R->c->name, k, out);
+    size_t n = 0;
+    uint8_t *got = tq_read_file(raw, &n);
+    TQ_CHECK(got && n == R->c->size && !memcmp(got, want, n), "%s: snapshot s%d changed",
+             R->c->name, k);
+    free(got);
+}
+
 static void run_cfg(const cfg *c, uint64_t seed)
 {
     int before = tq_failures;
@@ -227,11 +253,22 @@ static void run_cfg(const cfg *c, uint64_t seed)
     unlink(R.path);
     if (c->backing)
         make_base(&R, tq_path("base.img"));
+    uint8_t *snap[4] = {0};
     if (create_image(&R) == 0) {
         reopen(&R);
-        workload(&R);
+        for (int k = 0; k < c->snapshots && R.img; k++) {
+            workload(&R, c->nops / (c->snapshots + 1));
+            take_snapshot(&R, k);
+            snap[k] = malloc(c->size);
+            memcpy(snap[k], R.cur, c->size);
+        }
+        workload(&R, c->nops / (c->snapshots + 1));
         check_result(&R);
+        for (int k = 0; k < c->snapshots; k++)
+            check_snapshot(&R, k, snap[k]);
     }
+    for (int k = 0; k < 4; k++)
+        free(snap[k]);
     if (R.img) {
         vdk_error err = {0};
         vdk_image_close(R.img, &err);
@@ -244,23 +281,28 @@ static void run_cfg(const cfg *c, uint64_t seed)
 }
 
 static const cfg cfgs[] = {
-    {"v3 64k", 32 << 20, NULL, NULL, NULL, NULL, NULL, NULL, 0, 400, true},
-    {"v2 64k", 32 << 20, NULL, "0.10", NULL, NULL, NULL, NULL, 0, 400, true},
-    {"v3 512 rc1", 4 << 20, "512", NULL, "1", NULL, NULL, NULL, 0, 300, true},
-    {"v3 4k rc2", 8 << 20, "4096", NULL, "2", NULL, NULL, NULL, 0, 400, true},
-    {"v3 4k rc4 lazy", 8 << 20, "4096", NULL, "4", "on", NULL, NULL, 0, 400, true},
-    {"v3 8k rc8", 8 << 20, "8192", NULL, "8", NULL, NULL, NULL, 0, 300, true},
-    {"v3 16k rc32 extl2", 16 << 20, "16384", NULL, "32", NULL, "on", NULL, 0, 400, true},
-    {"v3 64k rc64 zstd", 32 << 20, NULL, NULL, "64", NULL, NULL, "zstd", 0, 300, true},
-    {"v3 2M", 64 << 20, "2097152", NULL, NULL, NULL, NULL, NULL, 0, 120, true},
-    {"v3 2M extl2 zstd", 64 << 20, "2097152", NULL, NULL, NULL, "on", "zstd", 0, 120, true},
-    {"v3 64k raw backing", 32 << 20, NULL, NULL, NULL, NULL, NULL, NULL, 1, 400, true},
-    {"v2 64k raw backing", 32 << 20, NULL, "0.10", NULL, NULL, NULL, NULL, 1, 400, true},
-    {"v3 4k qcow2 backing lazy", 8 << 20, "4096", NULL, NULL, "on", NULL, NULL, 2, 400, true},
-    {"v3 32k extl2 backing", 16 << 20, "32768", NULL, NULL, NULL, "on", NULL, 1, 400, true},
-    {"v3 512 rc64 table growth", 12 << 20, "512", NULL, "64", NULL, NULL, NULL, 0, 300, true},
-    {"v3 1k rc64 lazy backing", 8 << 20, "1024", NULL, "64", "on", NULL, NULL, 2, 300, true},
-    {"v3 1k odd size", (3 << 20) + 1536, "1024", NULL, NULL, NULL, NULL, NULL, 1, 300, true},
+    {"v3 64k", 32 << 20, NULL, NULL, NULL, NULL, NULL, NULL, 0, 400, true, 0},
+    {"v2 64k", 32 << 20, NULL, "0.10", NULL, NULL, NULL, NULL, 0, 400, true, 0},
+    {"v3 512 rc1", 4 << 20, "512", NULL, "1", NULL, NULL, NULL, 0, 300, true, 0},
+    {"v3 4k rc2", 8 << 20, "4096", NULL, "2", NULL, NULL, NULL, 0, 400, true, 0},
+    {"v3 4k rc4 lazy", 8 << 20, "4096", NULL, "4", "on", NULL, NULL, 0, 400, true, 0},
+    {"v3 8k rc8", 8 << 20, "8192", NULL, "8", NULL, NULL, NULL, 0, 300, true, 0},
+    {"v3 16k rc32 extl2", 16 << 20, "16384", NULL, "32", NULL, "on", NULL, 0, 400, true, 0},
+    {"v3 64k rc64 zstd", 32 << 20, NULL, NULL, "64", NULL, NULL, "zstd", 0, 300, true, 0},
+    {"v3 2M", 64 << 20, "2097152", NULL, NULL, NULL, NULL, NULL, 0, 120, true, 0},
+    {"v3 2M extl2 zstd", 64 << 20, "2097152", NULL, NULL, NULL, "on", "zstd", 0, 120, true, 0},
+    {"v3 64k raw backing", 32 << 20, NULL, NULL, NULL, NULL, NULL, NULL, 1, 400, true, 0},
+    {"v2 64k raw backing", 32 << 20, NULL, "0.10", NULL, NULL, NULL, NULL, 1, 400, true, 0},
+    {"v3 4k qcow2 backing lazy", 8 << 20, "4096", NULL, NULL, "on", NULL, NULL, 2, 400, true, 0},
+    {"v3 32k extl2 backing", 16 << 20, "32768", NULL, NULL, NULL, "on", NULL, 1, 400, true, 0},
+    {"v3 512 rc64 table growth", 12 << 20, "512", NULL, "64", NULL, NULL, NULL, 0, 300, true, 0},
+    {"v3 1k rc64 lazy backing", 8 << 20, "1024", NULL, "64", "on", NULL, NULL, 2, 300, true, 0},
+    {"v3 4k two snapshots", 8 << 20, "4096", NULL, NULL, NULL, NULL, NULL, 0, 450, true, 2},
+    {"v2 64k snapshot", 16 << 20, NULL, "0.10", NULL, NULL, NULL, NULL, 0, 300, true, 1},
+    {"v3 32k extl2 snapshot backing", 8 << 20, "32768", NULL, NULL, NULL, "on", NULL, 1, 300,
+     true, 1},
+    {"v3 16k lazy snapshots", 8 << 20, "16384", NULL, NULL, "on", NULL, "zstd", 0, 450, true, 3},
+    {"v3 1k odd size", (3 << 20) + 1536, "1024", NULL, NULL, NULL, NULL, NULL, 1, 300, true, 0},
 };
 
 int main(int argc, char **argv)
