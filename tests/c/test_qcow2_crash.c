@@ -246,5 +246,6 @@ int main(int argc, char **argv)
     run_cfg("4k snapshot", "4096", false, true, seed + 1);
     run_cfg("64k", "65536", false, false, seed + 2);
     run_cfg("4k lazy", "4096", true, false, seed + 3);
+    run_cfg("4k lazy snapshot", "4096", true, true, seed + 4);
     return tq_finish("test_qcow2_crash");
 }
