@@ -4,11 +4,13 @@
  * flush, first-write duties (autoclear bits, the dirty bit for lazy
  * refcounts), close, info, the sticky error state and corruption marking.
  *
- * Flush order (qcow2_meta_flush): refcount blocks, file flush; data (file
- * flush) then L2 tables, file flush; L1 entries, file flush; then the
- * pending refcount decrements are applied and written, and a last file
- * flush covers them and any data written in place. With lazy refcounts the
- * refcount blocks are only written at the end.
+ * Flush order (qcow2_meta_flush): the L2 cache first writes the refcount
+ * blocks it depends on and flushes the file (or, without new refcounts,
+ * just flushes the file so that data comes first), then writes the L2
+ * tables and flushes; then L1 entries, file flush; then the pending
+ * refcount decrements are applied, the refcount blocks written, and a last
+ * file flush covers them and any data written in place. With lazy refcounts
+ * there is no dependency: refcount blocks are written at the end.
  *
  * Autoclear bits: we maintain only bit 1 (the external data file is a
  * consistent raw image: zero writes and discards also zero the data file,
@@ -272,10 +274,10 @@ int qcow2_meta_flush(qcow2_state *s, vdk_error *err)
     if (s->broken)
         return vdk_fail(err, VDK_EBROKEN,
                         "qcow2: image is in an error state after a failed metadata write");
+    /* Refcount increments go first through the L2 cache's dependency (set
+     * with every increment, when not lazy); the rest is written at the end. */
     int r = 0;
-    if (!s->lazy && vdk_cache_is_dirty(s->rc_cache))
-        r = vdk_cache_flush(s->rc_cache, err);
-    if (r == 0 && vdk_cache_is_dirty(s->l2_cache))
+    if (vdk_cache_is_dirty(s->l2_cache))
         r = vdk_cache_flush(s->l2_cache, err);
     if (r == 0 && s->l1_dirty_lo < s->l1_dirty_hi) {
         r = qcow2_l1_write(s, err);
