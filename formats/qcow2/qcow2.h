@@ -3,13 +3,16 @@
  * driver's in-memory state and the functions its files share.
  *
  * Files: header.c (parse, validate and rewrite the header and its
- * extensions), open.c (driver entry points: probe, open, close, flush, info),
- * snapshot.c (snapshot table parsing), refcount.c (refcounts, cluster
- * allocation, pending frees), cluster.c (L1/L2 lookup and updates), io.c
- * (reads, writes with copy-on-write, in-flight tracking), zero.c
- * (write_zeroes, discard), compress.c (compressed clusters), status.c
- * (block_status), resize.c (resize and preallocation), create.c (create),
- * repair.c (refcount rebuild of dirty images).
+ * extensions), open.c (driver entry points: probe, open, close, flush, info,
+ * first-write duties), snapshot.c (snapshot table parsing), bitmaps.c
+ * (dropping persistent bitmaps), overlap.c (metadata overlap checks),
+ * refcount.c (refcounts, cluster allocation, pending frees), cluster.c
+ * (L1/L2 lookup and updates), io.c (reads, writes with copy-on-write,
+ * in-flight tracking), zero.c (write_zeroes, discard), compress.c
+ * (compressed clusters), compress-split.c (two-phase compressed writes for
+ * the copy engine), status.c (block_status), resize.c (resize and
+ * preallocation), create.c (create), measure.c (qemu-img measure), repair.c
+ * (refcount rebuild of dirty images).
  *
  * Locking: one mutex (s->lock) guards every field below that can change
  * after open, the caches and the L1/refcount tables. Data I/O runs outside
