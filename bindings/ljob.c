@@ -34,7 +34,8 @@
 
 #include "vdk.h"
 
-#define LOOP_KEY "vdk.loop"
+#define LOOP_KEY "vdk.loop"    /* registry: the loop of this Lua state */
+#define LOOP_MT "vdk.loop.mt"  /* its metatable */
 #define JOB_MT "vdk.job"
 #define IMAGE_MT "vdk.image"
 
@@ -79,7 +80,7 @@ typedef struct limage_head {
 
 static int loop_gc(lua_State *L)
 {
-    lloop *lp = luaL_checkudata(L, 1, LOOP_KEY);
+    lloop *lp = luaL_checkudata(L, 1, LOOP_MT);
     lp->closing = true;
     /* Jobs still running were canceled by their own __gc; let them end. */
     uv_run(&lp->loop, UV_RUN_DEFAULT);
@@ -103,7 +104,7 @@ static lloop *get_loop(lua_State *L)
     if (uv_loop_init(&lp->loop) != 0)
         luaL_error(L, "cannot create an event loop");
     lp->err_ref = LUA_NOREF;
-    luaL_newmetatable(L, LOOP_KEY);
+    luaL_newmetatable(L, LOOP_MT);
     lua_pushcfunction(L, loop_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
