@@ -246,6 +246,10 @@ static int parse_fixed(qcow2_state *s, const uint8_t *h, vdk_error *err)
         s->refcount_order = 4;
         return 0;
     }
+    if (s->file_size < QCOW2_HDR_V3_LEN)
+        return vdk_fail(err, VDK_ECORRUPT,
+                        "qcow2: file is too short (%llu bytes) for a version 3 header",
+                        (unsigned long long)s->file_size);
     s->incompat = vdk_be64(h + 72);
     s->compat = vdk_be64(h + 80);
     s->autoclear = vdk_be64(h + 88);

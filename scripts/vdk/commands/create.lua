@@ -144,6 +144,12 @@ function create.run(opts, operands)
   if values.backing_file and not values.backing_fmt then
     return cli.fail("%s: Backing file specified without backing format", filename)
   end
+  -- Unknown option names fail before anything is printed, as in qemu-img.
+  for name in pairs(values) do
+    if create_options.formats[format] and not create_options.find(format, name) then
+      return cli.fail("%s: Invalid parameter '%s'", filename, name)
+    end
+  end
   local size
   size, msg = image_size(filename, operands[2], values, opts.u)
   if not size then return cli.fail(msg) end
