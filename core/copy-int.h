@@ -131,6 +131,7 @@ struct vdk_job {
     uint64_t total;
     bool known_zero;          /* the target reads as zeros where not written */
     bool ordered;             /* writes in guest order */
+    unsigned max_writes;      /* writes in flight at most */
     bool compress, two_phase;
     bool detect_zero;         /* sparse_size > 0 */
     bool compare_backing;

@@ -200,7 +200,7 @@ static copy_req *next_writable(vdk_job *j)
 
 static void issue_writes(vdk_job *j)
 {
-    while (!j->stopping && !(j->ordered && j->writing)) {
+    while (!j->stopping && j->writing < j->max_writes) {
         copy_req *r = next_writable(j);
         if (!r)
             return;
@@ -619,8 +619,14 @@ static void derive_geometry(vdk_job *j)
     j->detect_zero = s > 0;
     j->known_zero = (f & VDK_COPY_TARGET_ZERO) || ((f & VDK_COPY_TARGET_FRESH) && !j->dst_has_backing);
     /* Order matters where the target allocates host space as it is written
-     * (formats with clusters); raw files and NBD exports take writes anywhere. */
+     * (formats with clusters: a sequential layout, compressed clusters
+     * packed in guest order). Raw files and NBD exports take writes in any
+     * order. A host file takes buffered writes one at a time anyway (the
+     * kernel serialises them on the inode), so two in flight are enough to
+     * keep it busy (more only spin on the inode lock, measured); an NBD
+     * export needs every request in flight to hide its latency. */
     j->ordered = j->compress || (!(f & VDK_COPY_UNORDERED) && j->cluster > 0);
+    j->max_writes = j->ordered ? 1 : vdk_image_file(j->dst) ? 2 : UINT32_MAX;
     j->compare_backing = (f & VDK_COPY_BACKING_COMPARE) && (f & VDK_COPY_TARGET_FRESH) &&
                          j->dst_backing;
 }

@@ -61,6 +61,10 @@ int qcow2_compress(int type, void *dst, size_t cap, const void *src, size_t len)
 
 static int zlib_decompress(void *dst, size_t dlen, const void *src, size_t slen)
 {
+#ifdef VDK_HAVE_LIBDEFLATE
+    if (qcow2_inflate_fast(dst, dlen, src, slen) == 0) /* compress-split.c */
+        return 0;
+#endif
     z_stream z;
     memset(&z, 0, sizeof z);
     z.next_in = (Bytef *)src;

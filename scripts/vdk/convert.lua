@@ -109,13 +109,17 @@ local function temp_name(path)
   return nil
 end
 
+-- Whether name is a protocol URI (an NBD export) rather than a file.
+function M.is_protocol(name)
+  return name:match("^%a[%w+.-]*://") ~= nil or name:match("^nbd:") ~= nil
+end
+
 -- Create the target under a temporary name and open it read-write.
 -- Returns image, temporary path; or nil, message.
 function M.create_target(path, format, size, values, cache)
-  local proto = path:match("^(%a[%w+.-]*)://") or path:match("^(nbd):")
-  if proto then
+  if M.is_protocol(path) then
     return nil, ("Protocol driver '%s' does not support image creation: use -n to write "
-                 .. "into '%s'"):format(proto:match("^%a+"), path)
+                 .. "into '%s'"):format(path:match("^%a+"), path)
   end
   if exists(path) then
     return nil, ("'%s' already exists; use -n to convert into it, or remove it first"):format(path)
