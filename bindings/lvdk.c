@@ -204,7 +204,7 @@ static int release_image(limage *li, vdk_error *err)
 
 static const char *const open_option_names[] = {
     "format", "readonly", "cache", "force_share", "backing", "allow_data_file",
-    "no_repair", "locking", "probe_raw", NULL,
+    "no_repair", "locking", "probe_raw", "check", NULL,
 };
 
 /* vdk.open(path [, opts]) -> image | nil, msg, code */
@@ -228,6 +228,8 @@ static int l_open(lua_State *L)
         o.flags |= VDK_OPEN_NO_LOCK;
     if (!opt_bool_field(L, 2, "probe_raw", 1))
         o.flags |= VDK_OPEN_NO_PROBE_RAW;
+    if (opt_bool_field(L, 2, "check", 0))
+        o.flags |= VDK_OPEN_CHECK;
 
     vdk_error err;
     vdk_error_clear(&err);
@@ -675,6 +677,7 @@ static int l_is_image(lua_State *L)
 }
 
 int vdk_ljob_open(lua_State *L); /* ljob.c: vdk.copy, vdk.compare, vdk.measure */
+int vdk_lcheck_open(lua_State *L); /* lcheck.c: img:check */
 
 int luaopen_vdk_core(lua_State *L)
 {
@@ -697,5 +700,6 @@ int luaopen_vdk_core(lua_State *L)
     lua_setfield(L, -2, "__name");
     lua_pop(L, 1);
     vdk_ljob_open(L);
+    vdk_lcheck_open(L);
     return 1;
 }

@@ -117,6 +117,11 @@ struct vdk_driver {
     /* Sizes a new image would take (qemu-img measure); see vdk_measure_args. */
     int (*measure)(const struct vdk_measure_args *args, vdk_measure_info *out,
                    vdk_error *err);
+    /* Check (and with VDK_CHECK_FIX_*, repair) the metadata: fill rep's counts
+     * and list problems with vdk_check_add; the core has filled filename and
+     * format, checked that a repair has a writable image, and zeroed the rest.
+     * Return 0 when the check completed, else a code (rep keeps what was found). */
+    int (*check)(vdk_image *img, unsigned mode, vdk_check_report *rep, vdk_error *err);
 };
 
 /* Block-status flag for drivers only: refine this DATA|OFFSET_VALID answer
@@ -186,6 +191,13 @@ int vdk_measure_data(vdk_image *source, uint64_t granularity, uint64_t *bytes,
 void vdk_info_add_str(vdk_format_info *info, const char *key, const char *val);
 void vdk_info_add_int(vdk_format_info *info, const char *key, int64_t val);
 void vdk_info_add_bool(vdk_format_info *info, const char *key, bool val);
+
+/* ---------------------------------------------------------------- check */
+
+/* List a problem in rep (bounded by VDK_CHECK_MAX_PROBLEMS; past that only
+ * problems_dropped grows). The counts are the caller's to keep. */
+void vdk_check_add(vdk_check_report *rep, int kind, int fix, uint64_t offset, uint64_t count,
+                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* ---------------------------------------------------------------- helpers */
 

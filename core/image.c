@@ -168,6 +168,8 @@ static vdk_image *image_new(const char *path, const vdk_open_opts *opts)
     atomic_init(&img->refs, 1);
     pthread_mutex_init(&img->lock, NULL);
     img->flags = opts ? opts->flags : 0;
+    if (img->flags & VDK_OPEN_CHECK) /* the check repairs, not the open */
+        img->flags |= VDK_OPEN_NO_REPAIR;
     img->cache = opts ? opts->cache : VDK_CACHE_WRITEBACK;
     img->filename = strdup(path);
     if (!img->filename) {
@@ -838,4 +840,31 @@ int vdk_image_pwrite_precompressed(vdk_image *img, const void *data, size_t dlen
     r = img->drv->pwrite_precompressed(img, data, dlen, off, err);
     unlock_slot(img);
     return after_write(img, r, err);
+}
+
+/* ---------------------------------------------------------------- check */
+
+int vdk_image_check(vdk_image *img, unsigned mode, vdk_check_report *rep, vdk_error *err)
+{
+    memset(rep, 0, sizeof *rep);
+    if (!img->drv)
+        return vdk_fail(err, -EBADF, "%s: image is closed", img->filename);
+    rep->filename = strdup(img->filename);
+    rep->format = strdup(img->drv->name);
+    rep->mode = mode;
+    if (!rep->filename || !rep->format)
+        return vdk_fail(err, -ENOMEM, "out of memory");
+    if (!img->drv->check)
+        return vdk_fail(err, VDK_EUNSUPPORTED, "This image format does not support checks");
+    bool fixing = (mode & (VDK_CHECK_FIX_LEAKS | VDK_CHECK_FIX_ERRORS)) &&
+                  !(mode & VDK_CHECK_DRY_RUN);
+    if (fixing && !(img->flags & VDK_OPEN_RDWR))
+        return vdk_fail(err, -EROFS, "%s: a repair needs the image opened for writing",
+                        img->filename);
+    lock_slot(img);
+    int r = img->drv->check(img, mode, rep, err);
+    unlock_slot(img);
+    if (r < 0)
+        vdk_error_prefix(err, img->filename);
+    return r;
 }

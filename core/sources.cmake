@@ -18,4 +18,5 @@ set(VDK_CORE_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/copy-io.c
   ${CMAKE_CURRENT_LIST_DIR}/compare.c
   ${CMAKE_CURRENT_LIST_DIR}/measure.c
+  ${CMAKE_CURRENT_LIST_DIR}/check.c
 )

@@ -363,6 +363,96 @@ typedef struct vdk_measure_info {
 int vdk_measure(const char *format, uint64_t size, const vdk_kv *opts, size_t nopts,
                 vdk_image *source, vdk_measure_info *out, vdk_error *err);
 
+/* ---------------------------------------------------------------- check and repair */
+
+/* Open flag for vdk_image_check (additive to VDK_OPEN_*): no repair on open,
+ * an image marked corrupt may be opened for writing, and damage that the
+ * check reports (a broken snapshot table, bad refcount blocks) does not stop
+ * the open. The format's check then tells the truth and repairs. */
+#define VDK_OPEN_CHECK 0x80
+
+/* vdk_image_check modes (bits), as qemu-img check -r. */
+#define VDK_CHECK_FIX_LEAKS 0x1  /* -r leaks: free leaked clusters */
+#define VDK_CHECK_FIX_ERRORS 0x2 /* -r all (with FIX_LEAKS): fix everything fixable */
+#define VDK_CHECK_DRY_RUN 0x4    /* plan the fixes of the mode, write nothing */
+
+/* What a problem is (vdk_check_problem.kind). */
+enum vdk_check_kind {
+    VDK_CHECK_LEAK = 1,       /* clusters with a refcount and no reference */
+    VDK_CHECK_REFCOUNT,       /* refcount differs from the references (too low) */
+    VDK_CHECK_OUT_OF_BOUNDS,  /* entry points past the end of the file */
+    VDK_CHECK_UNALIGNED,      /* entry is not aligned to a cluster */
+    VDK_CHECK_RESERVED,       /* reserved bits set in an entry */
+    VDK_CHECK_OVERLAP,        /* structures overlap (a cluster used twice) */
+    VDK_CHECK_COPIED,         /* qcow2 COPIED flag disagrees with the refcount */
+    VDK_CHECK_COMPRESSED,     /* bad compressed-cluster descriptor */
+    VDK_CHECK_REFBLOCK,       /* refcount table entry or block damaged */
+    VDK_CHECK_SNAPSHOT,       /* snapshot table damaged */
+    VDK_CHECK_IO,             /* a structure could not be read (check error) */
+    VDK_CHECK_OTHER,
+};
+
+/* What repair does (or would do, in a dry run) about it. */
+enum vdk_check_fix {
+    VDK_FIX_NONE = 0,         /* nothing: not asked for, or cannot be fixed */
+    VDK_FIX_FREE,             /* leaked clusters get refcount 0 (or are cut off) */
+    VDK_FIX_REFCOUNT,         /* refcount set to the number of references */
+    VDK_FIX_CLEAR_ENTRY,      /* the bad entry is cleared (guest data there is lost) */
+    VDK_FIX_COPY,             /* the cluster is copied; the entry points at the copy */
+    VDK_FIX_COPIED_FLAG,      /* the COPIED flag is set or cleared */
+    VDK_FIX_REBUILD,          /* refcount structure rebuilt from the references */
+    VDK_FIX_SNAPSHOT_TABLE,   /* snapshot table rewritten (bad entries dropped) */
+};
+
+/* At most this many problems are listed; the counts stay exact. */
+#define VDK_CHECK_MAX_PROBLEMS 1000
+
+typedef struct vdk_check_problem {
+    int kind;             /* enum vdk_check_kind */
+    int fix;              /* enum vdk_check_fix */
+    uint64_t offset;      /* host offset of the structure or cluster concerned */
+    uint64_t count;       /* clusters concerned (leak runs), else 1 */
+    char message[176];    /* qemu-like message ("Leaked cluster 5 refcount=1 reference=0") */
+} vdk_check_problem;
+
+/* The result of a check, with qemu-img check's JSON fields. After a repair,
+ * corruptions and leaks count what remains; *_fixed what was fixed. */
+typedef struct vdk_check_report {
+    char *filename;                /* as opened (malloc'd) */
+    char *format;                  /* driver name (malloc'd) */
+    uint64_t check_errors;         /* structures that could not be checked */
+    uint64_t corruptions;
+    uint64_t leaks;
+    uint64_t corruptions_fixed;
+    uint64_t leaks_fixed;
+    uint64_t image_end_offset;     /* 0 when the format does not say */
+    uint64_t total_clusters;
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+    unsigned mode;                 /* the VDK_CHECK_* mode the check ran with */
+    int rebuild;                   /* the refcount structure is (or was) rebuilt */
+    vdk_check_problem *problems;   /* malloc'd, nproblems entries, in finding order */
+    size_t nproblems;
+    uint64_t problems_dropped;     /* problems not listed (past VDK_CHECK_MAX_PROBLEMS) */
+} vdk_check_report;
+
+/*
+ * Check the image's metadata (never its data) and, with a fix mode, repair
+ * it: the whole plan is made before anything is written, and writes are
+ * ordered so that a crash during repair leaves the image no worse than it
+ * was. Repair needs an image opened for writing (ideally with
+ * VDK_OPEN_CHECK). Returns 0 when the check completed (the report tells
+ * what it found), VDK_EUNSUPPORTED when the format has no check, or another
+ * error when the check could not complete (rep then holds what was found).
+ * Free rep with vdk_check_report_free.
+ */
+int vdk_image_check(vdk_image *img, unsigned mode, vdk_check_report *rep, vdk_error *err);
+void vdk_check_report_free(vdk_check_report *rep);
+/* Short names: "leak", "refcount", ...; "free", "refcount", "clear-entry", ... */
+const char *vdk_check_kind_name(int kind);
+const char *vdk_check_fix_name(int fix);
+
 #ifdef __cplusplus
 }
 #endif

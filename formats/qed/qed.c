@@ -207,6 +207,9 @@ static int qed_info(vdk_image *img, vdk_format_info *info, vdk_error *err)
     return 0;
 }
 
+int qed_check_slot(vdk_image *img, unsigned mode, vdk_check_report *rep,
+                   vdk_error *err); /* check-slot.c */
+
 const struct vdk_driver vdk_qed_driver = {
     .name = "qed",
     .probe = qed_probe,
@@ -223,4 +226,5 @@ const struct vdk_driver vdk_qed_driver = {
     .info = qed_info,
     .parallel = true,
     .measure = qed_measure,
+    .check = qed_check_slot,
 };
