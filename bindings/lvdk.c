@@ -677,6 +677,7 @@ static int l_is_image(lua_State *L)
 }
 
 int vdk_ljob_open(lua_State *L); /* ljob.c: vdk.copy, vdk.compare, vdk.measure */
+int vdk_linspect_open(lua_State *L); /* linspect.c: img:inspect, img:read_file */
 int vdk_lcheck_open(lua_State *L); /* lcheck.c: img:check */
 
 int luaopen_vdk_core(lua_State *L)
@@ -700,6 +701,7 @@ int luaopen_vdk_core(lua_State *L)
     lua_setfield(L, -2, "__name");
     lua_pop(L, 1);
     vdk_ljob_open(L);
+    vdk_linspect_open(L);
     vdk_lcheck_open(L);
     return 1;
 }

@@ -117,6 +117,11 @@ struct vdk_driver {
     /* Sizes a new image would take (qemu-img measure); see vdk_measure_args. */
     int (*measure)(const struct vdk_measure_args *args, vdk_measure_info *out,
                    vdk_error *err);
+    /* Inspection (vdk_image_inspect): answer the named query about this
+     * layer by emitting fields into out (one keyed table is open); unknown
+     * queries: VDK_EUNSUPPORTED. Read-only; may run beside I/O. */
+    int (*inspect)(vdk_image *img, const char *query, const int64_t *args, size_t nargs,
+                   vdk_emitter *out, vdk_error *err);
     /* Check (and with VDK_CHECK_FIX_*, repair) the metadata: fill rep's counts
      * and list problems with vdk_check_add; the core has filled filename and
      * format, checked that a repair has a writable image, and zeroed the rest.
@@ -198,6 +203,31 @@ void vdk_info_add_bool(vdk_format_info *info, const char *key, bool val);
  * problems_dropped grows). The counts are the caller's to keep. */
 void vdk_check_add(vdk_check_report *rep, int kind, int fix, uint64_t offset, uint64_t count,
                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* ---------------------------------------------------------------- inspection */
+
+/* Emit helpers for inspect slots (key is NULL inside a list). */
+static inline void vdk_emit_open(vdk_emitter *e, const char *key) { e->open(e, key, 0); }
+static inline void vdk_emit_list(vdk_emitter *e, const char *key) { e->open(e, key, 1); }
+static inline void vdk_emit_close(vdk_emitter *e) { e->close(e); }
+static inline void vdk_emit_int(vdk_emitter *e, const char *key, int64_t v)
+{
+    e->integer(e, key, v);
+}
+static inline void vdk_emit_u64(vdk_emitter *e, const char *key, uint64_t v)
+{
+    e->integer(e, key, (int64_t)v);
+}
+static inline void vdk_emit_bool(vdk_emitter *e, const char *key, bool v)
+{
+    e->boolean(e, key, v);
+}
+void vdk_emit_str(vdk_emitter *e, const char *key, const char *s);
+void vdk_emit_strf(vdk_emitter *e, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* An error while answering part of a query: {key = {error = msg, code = name}}
+ * (key NULL in a list), so one bad entry does not hide the rest. */
+void vdk_emit_error(vdk_emitter *e, const char *key, const vdk_error *err, int code);
 
 /* ---------------------------------------------------------------- helpers */
 

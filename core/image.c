@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -840,6 +841,70 @@ int vdk_image_pwrite_precompressed(vdk_image *img, const void *data, size_t dlen
     r = img->drv->pwrite_precompressed(img, data, dlen, off, err);
     unlock_slot(img);
     return after_write(img, r, err);
+}
+
+/* ---------------------------------------------------------------- inspection */
+
+void vdk_emit_str(vdk_emitter *e, const char *key, const char *s)
+{
+    e->string(e, key, s, strlen(s));
+}
+
+void vdk_emit_strf(vdk_emitter *e, const char *key, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    e->string(e, key, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+void vdk_emit_error(vdk_emitter *e, const char *key, const vdk_error *err, int code)
+{
+    vdk_emit_open(e, key);
+    vdk_emit_str(e, "error", err && err->msg[0] ? err->msg : vdk_strerror(code));
+    vdk_emit_str(e, "code", vdk_errname(code));
+    vdk_emit_close(e);
+}
+
+int vdk_image_inspect(vdk_image *img, const char *query, const int64_t *args, size_t nargs,
+                      vdk_emitter *out, vdk_error *err)
+{
+    if (!img->drv)
+        return vdk_fail(err, -EBADF, "%s: image is closed", img->filename);
+    if (!img->drv->inspect)
+        return vdk_fail(err, VDK_EUNSUPPORTED, "%s: format '%s' has no inspection queries",
+                        img->filename, img->drv->name);
+    int r = img->drv->inspect(img, query, args, nargs, out, err);
+    if (r < 0)
+        vdk_error_prefix(err, img->filename);
+    return r;
+}
+
+int64_t vdk_image_file_size(vdk_image *img, vdk_error *err)
+{
+    if (!img->file)
+        return vdk_fail(err, -EOPNOTSUPP, "%s: image has no host file", img->filename);
+    uint64_t size;
+    int r = vdk_file_size(img->file, &size, err);
+    return r < 0 ? r : (int64_t)size;
+}
+
+int64_t vdk_image_pread_file(vdk_image *img, void *buf, size_t len, uint64_t off,
+                             vdk_error *err)
+{
+    int64_t size = vdk_image_file_size(img, err);
+    if (size < 0)
+        return size;
+    if (off >= (uint64_t)size)
+        return 0;
+    if (len > (uint64_t)size - off)
+        len = (size_t)((uint64_t)size - off);
+    int r = len ? vdk_file_pread(img->file, buf, len, off, err) : 0;
+    return r < 0 ? r : (int64_t)len;
 }
 
 /* ---------------------------------------------------------------- check */

@@ -363,6 +363,45 @@ typedef struct vdk_measure_info {
 int vdk_measure(const char *format, uint64_t size, const vdk_kv *opts, size_t nopts,
                 vdk_image *source, vdk_measure_info *out, vdk_error *err);
 
+/* ---------------------------------------------------------------- inspection */
+
+/*
+ * A receiver of structured data: the format's inspection queries describe
+ * what they find (headers, tables, how an offset resolves) as a tree of
+ * tables, through these callbacks, which the caller implements (the Lua
+ * binding builds Lua tables). Inside a keyed table every value has a key;
+ * inside a list (open with list = 1) keys are NULL and values are appended.
+ * Integers are signed 64-bit; offsets and sizes never exceed 2^63.
+ */
+typedef struct vdk_emitter vdk_emitter;
+struct vdk_emitter {
+    void (*open)(vdk_emitter *e, const char *key, int list);
+    void (*close)(vdk_emitter *e);
+    void (*integer)(vdk_emitter *e, const char *key, int64_t v);
+    void (*string)(vdk_emitter *e, const char *key, const char *s, size_t len);
+    void (*boolean)(vdk_emitter *e, const char *key, int v);
+    void *opaque;
+};
+
+/*
+ * Run the named inspection query on one layer (the image itself, not its
+ * backing chain) and describe the result through out, which has one keyed
+ * table open: the query adds its fields to it. Queries and their arguments
+ * are the format's (docs/lua-api.md lists them); "queries" lists a format's
+ * queries. VDK_EUNSUPPORTED for a format without inspection or an unknown
+ * query; EINVAL for bad arguments. Read-only: nothing is written.
+ */
+int vdk_image_inspect(vdk_image *img, const char *query, const int64_t *args, size_t nargs,
+                      vdk_emitter *out, vdk_error *err);
+
+/* Read bytes of the image's own host file (not the guest view): at most len
+ * bytes at off; returns the count read (short at the end of the file) or < 0.
+ * EOPNOTSUPP for images without a host file (protocol drivers). */
+int64_t vdk_image_pread_file(vdk_image *img, void *buf, size_t len, uint64_t off,
+                             vdk_error *err);
+/* Size in bytes of the image's own host file, or < 0. */
+int64_t vdk_image_file_size(vdk_image *img, vdk_error *err);
+
 /* ---------------------------------------------------------------- check and repair */
 
 /* Open flag for vdk_image_check (additive to VDK_OPEN_*): no repair on open,

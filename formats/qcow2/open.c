@@ -445,4 +445,5 @@ const struct vdk_driver vdk_qcow2_driver = {
     .compress_cluster = qcow2_compress_cluster,
     .pwrite_precompressed = qcow2_pwrite_precompressed,
     .measure = qcow2_measure,
+    .inspect = qcow2_inspect,
 };

@@ -428,4 +428,8 @@ int qcow2_bitmaps_drop(qcow2_state *s, vdk_error *err);
 /* repair.c */
 int qcow2_rebuild_refcounts(qcow2_state *s, vdk_error *err);
 
+/* inspect.c (inspection queries; inspect-scan.c, inspect.h) */
+int qcow2_inspect(vdk_image *img, const char *query, const int64_t *args, size_t nargs,
+                  vdk_emitter *out, vdk_error *err);
+
 #endif /* VDK_QCOW2_H */

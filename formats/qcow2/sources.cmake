@@ -7,6 +7,8 @@ set(VDK_QCOW2_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/measure.c
   ${CMAKE_CURRENT_LIST_DIR}/create.c
   ${CMAKE_CURRENT_LIST_DIR}/header.c
+  ${CMAKE_CURRENT_LIST_DIR}/inspect.c
+  ${CMAKE_CURRENT_LIST_DIR}/inspect-scan.c
   ${CMAKE_CURRENT_LIST_DIR}/io.c
   ${CMAKE_CURRENT_LIST_DIR}/open.c
   ${CMAKE_CURRENT_LIST_DIR}/overlap.c

@@ -210,6 +210,9 @@ static int qed_info(vdk_image *img, vdk_format_info *info, vdk_error *err)
 int qed_check_slot(vdk_image *img, unsigned mode, vdk_check_report *rep,
                    vdk_error *err); /* check-slot.c */
 
+int qed_inspect(vdk_image *img, const char *query, const int64_t *args, size_t nargs,
+                vdk_emitter *out, vdk_error *err); /* inspect.c */
+
 const struct vdk_driver vdk_qed_driver = {
     .name = "qed",
     .probe = qed_probe,
@@ -226,5 +229,6 @@ const struct vdk_driver vdk_qed_driver = {
     .info = qed_info,
     .parallel = true,
     .measure = qed_measure,
+    .inspect = qed_inspect,
     .check = qed_check_slot,
 };

@@ -9,5 +9,6 @@ set(VDK_QED_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/measure.c
   ${CMAKE_CURRENT_LIST_DIR}/check.c
   ${CMAKE_CURRENT_LIST_DIR}/repair.c
+  ${CMAKE_CURRENT_LIST_DIR}/inspect.c
   ${CMAKE_CURRENT_LIST_DIR}/check-slot.c
 )
