@@ -89,6 +89,7 @@ static char **attempt(const char *text, int start, int end)
 {
     (void)end;
     rl_attempted_completion_over = 1; /* never fall back to file names */
+    rl_completion_append_character = '\0'; /* reset by readline for each attempt */
     lua_State *L = active_L;
     if (!L)
         return NULL;

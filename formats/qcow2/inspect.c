@@ -316,7 +316,7 @@ static int q_l1(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitter *
     char owner[300];
     vdk_emit_str(e, "owner", qcow2_owner_name(s, v.snap, owner, sizeof owner));
     vdk_emit_u64(e, "offset", v.offset);
-    vdk_emit_u64(e, "size", v.n);
+    vdk_emit_u64(e, "table_entries", v.n);
     vdk_emit_u64(e, "l2_coverage", qcow2_l2_coverage(s));
     uint64_t used = 0;
     vdk_emit_list(e, "entries");

@@ -62,7 +62,7 @@ static int q_header(qed_state *s, const int64_t *args, size_t nargs, vdk_emitter
     vdk_emit_int(e, "cluster_size", s->cluster_size);
     vdk_emit_int(e, "table_size", s->table_size);
     vdk_emit_int(e, "header_size", s->header_size);
-    vdk_emit_u64(e, "features", s->features);
+    vdk_emit_u64(e, "feature_bits", s->features);
     vdk_emit_u64(e, "compat_features", s->compat);
     vdk_emit_u64(e, "autoclear_features", s->autoclear);
     vdk_emit_u64(e, "l1_table_offset", s->l1_offset);
@@ -88,7 +88,7 @@ static int q_l1(qed_state *s, const int64_t *args, size_t nargs, vdk_emitter *e,
     if (count >= 0 && lo < hi && (uint64_t)count < hi - lo)
         hi = lo + (uint64_t)count;
     vdk_emit_u64(e, "offset", s->l1_offset);
-    vdk_emit_u64(e, "size", s->table_entries);
+    vdk_emit_u64(e, "table_entries", s->table_entries);
     vdk_emit_u64(e, "l2_coverage", qed_l2_coverage(s));
     vdk_emit_list(e, "entries");
     for (uint64_t i = lo; i < hi; i++) {

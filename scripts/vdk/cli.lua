@@ -23,6 +23,9 @@ local cli = {}
 
 cli.COMMANDS = { "create", "info", "map", "convert", "compare", "measure", "run", "help" }
 
+-- The inspection shell (scripts/vdk/commands/shell.lua), listed before "help".
+table.insert(cli.COMMANDS, #cli.COMMANDS, "shell")
+
 cli.VERSION_TEXT = "vdk version %s\nA disk image tool (qemu-img compatible) with a Lua engine.\n"
 
 -- The options every command accepts, on top of its own.

@@ -190,4 +190,8 @@ function methods.map(img, opts)
   end
 end
 
+-- Inspection (img:header(), img:explain(offset), ...): scripts/vdk/inspect.lua.
+vdk.hexdump = require("vdk.inspect").hexdump
+vdk.pretty = require("vdk.inspect_format").pretty
+
 return vdk
