@@ -186,7 +186,7 @@ static int open_data_file(qcow2_state *s, unsigned flags, vdk_error *err)
 
 static int check_features(qcow2_state *s, unsigned flags, vdk_error *err)
 {
-    if ((s->incompat & QCOW2_INCOMPAT_CORRUPT) && s->writable)
+    if ((s->incompat & QCOW2_INCOMPAT_CORRUPT) && s->writable && !(flags & VDK_OPEN_CHECK))
         return vdk_fail(err, VDK_ECORRUPT, "qcow2: image is corrupt; cannot be opened "
                                            "read/write");
     s->corrupt = s->incompat & QCOW2_INCOMPAT_CORRUPT;
@@ -214,6 +214,14 @@ static int load_tables(qcow2_state *s, vdk_error *err)
     r = read_table(s, s->rt_offset, s->rt_size, &s->rt, err);
     if (r == 0)
         r = qcow2_snapshots_read(s, err);
+    if (r < 0 && s->rt && (s->open_flags & VDK_OPEN_CHECK)) {
+        /* The check reads the snapshot table itself and reports on it. */
+        qcow2_snapshots_free(s);
+        s->nb_snapshots = 0;
+        s->snapshots_size = 0;
+        vdk_error_clear(err);
+        r = 0;
+    }
     if (r == 0)
         r = qcow2_overlap_init(s, err);
     return r;
@@ -255,8 +263,13 @@ int qcow2_state_open(vdk_file *file, vdk_image *img, unsigned flags, qcow2_state
     }
     if (r == 0)
         r = repair_if_dirty(s, flags, err);
-    if (r == 0 && s->writable)
+    if (r == 0 && s->writable) {
         r = find_alloc_end(s, err);
+        if (r < 0 && (flags & VDK_OPEN_CHECK)) { /* damaged refcount blocks: the check says */
+            vdk_error_clear(err);
+            r = 0;
+        }
+    }
     if (r < 0) {
         s->writable = false; /* nothing to write back */
         qcow2_state_close(s);
@@ -445,5 +458,6 @@ const struct vdk_driver vdk_qcow2_driver = {
     .compress_cluster = qcow2_compress_cluster,
     .pwrite_precompressed = qcow2_pwrite_precompressed,
     .measure = qcow2_measure,
+    .check = qcow2_check,
     .inspect = qcow2_inspect,
 };

@@ -427,6 +427,10 @@ int qcow2_bitmaps_drop(qcow2_state *s, vdk_error *err);
 
 /* repair.c */
 int qcow2_rebuild_refcounts(qcow2_state *s, vdk_error *err);
+int qcow2_rebuild_from_counts(qcow2_state *s, uint32_t *refs, uint64_t n, bool snapshots,
+                              vdk_error *err);
+/* check.c */
+int qcow2_check(vdk_image *img, unsigned mode, vdk_check_report *rep, vdk_error *err);
 
 /* inspect.c (inspection queries; inspect-scan.c, inspect.h) */
 int qcow2_inspect(vdk_image *img, const char *query, const int64_t *args, size_t nargs,

@@ -277,7 +277,7 @@ static int fix_copied(qcow2_state *s, const counts *k, vdk_error *err)
 /* ---------------------------------------------------------------- entry point */
 
 static int switch_to(qcow2_state *s, uint64_t *nrt, uint64_t start, uint64_t T, uint64_t B,
-                     vdk_error *err)
+                     unsigned hdr_len, vdk_error *err)
 {
     free(s->rt);
     s->rt = nrt;
@@ -287,7 +287,7 @@ static int switch_to(qcow2_state *s, uint64_t *nrt, uint64_t start, uint64_t T, 
     s->alloc_end = s->untouched = start + T + B;
     s->free_hint = 0;
     s->free_byte_offset = 0;
-    int r = qcow2_header_write_field(s, QCOW2_OFF_RT_OFFSET, 12, err);
+    int r = qcow2_header_write_field(s, QCOW2_OFF_RT_OFFSET, hdr_len, err);
     if (r == 0)
         r = vdk_file_flush(s->file, err);
     if (r < 0)
@@ -316,9 +316,34 @@ int qcow2_rebuild_refcounts(qcow2_state *s, vdk_error *err)
     if (r == 0)
         r = vdk_file_flush(s->file, err);
     if (r == 0)
-        r = switch_to(s, nrt, k.n, T, B, err);
+        r = switch_to(s, nrt, k.n, T, B, 12, err);
     else
         free(nrt);
     free(k.c);
+    return r;
+}
+
+/*
+ * For check.c's repair: new refcount structures for the references the
+ * caller counted (counts[0..n), clusters; n may exceed the file, whose tail
+ * then holds what the caller wrote there), placed from cluster n on; the
+ * header switch writes the refcount table fields, and with snapshots also
+ * nb_snapshots and snapshots_offset (bytes 48-71), in one write. The
+ * COPIED flags are the caller's business.
+ */
+int qcow2_rebuild_from_counts(qcow2_state *s, uint32_t *refs, uint64_t n, bool snapshots,
+                              vdk_error *err)
+{
+    counts k = {.c = refs, .n = n};
+    uint64_t T = 0, B = 0, *nrt = NULL;
+    int r = plan(s, &k, k.n, &T, &B, err);
+    if (r == 0)
+        r = write_structures(s, &k, k.n, T, B, &nrt, err);
+    if (r == 0)
+        r = vdk_file_flush(s->file, err);
+    if (r == 0)
+        r = switch_to(s, nrt, k.n, T, B, snapshots ? 24 : 12, err);
+    else
+        free(nrt);
     return r;
 }

@@ -1,6 +1,11 @@
 # Sources of the qcow2 driver.
 set(VDK_QCOW2_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/bitmaps.c
+  ${CMAKE_CURRENT_LIST_DIR}/check.c
+  ${CMAKE_CURRENT_LIST_DIR}/check-scan.c
+  ${CMAKE_CURRENT_LIST_DIR}/check-refs.c
+  ${CMAKE_CURRENT_LIST_DIR}/check-snap.c
+  ${CMAKE_CURRENT_LIST_DIR}/check-apply.c
   ${CMAKE_CURRENT_LIST_DIR}/cluster.c
   ${CMAKE_CURRENT_LIST_DIR}/compress.c
   ${CMAKE_CURRENT_LIST_DIR}/compress-split.c
