@@ -621,12 +621,11 @@ static void derive_geometry(vdk_job *j)
     /* Order matters where the target allocates host space as it is written
      * (formats with clusters: a sequential layout, compressed clusters
      * packed in guest order). Raw files and NBD exports take writes in any
-     * order. A host file takes buffered writes one at a time anyway (the
-     * kernel serialises them on the inode), so two in flight are enough to
-     * keep it busy (more only spin on the inode lock, measured); an NBD
-     * export needs every request in flight to hide its latency. */
+     * order, all requests at once (an NBD export needs them to hide its
+     * latency; into a raw file, capping the writes in flight at 2 measured
+     * the same as no cap, within the noise). */
     j->ordered = j->compress || (!(f & VDK_COPY_UNORDERED) && j->cluster > 0);
-    j->max_writes = j->ordered ? 1 : vdk_image_file(j->dst) ? 2 : UINT32_MAX;
+    j->max_writes = j->ordered ? 1 : UINT32_MAX;
     j->compare_backing = (f & VDK_COPY_BACKING_COMPARE) && (f & VDK_COPY_TARGET_FRESH) &&
                          j->dst_backing;
 }
