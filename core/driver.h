@@ -127,6 +127,22 @@ struct vdk_driver {
      * format, checked that a repair has a writable image, and zeroed the rest.
      * Return 0 when the check completed, else a code (rep keeps what was found). */
     int (*check)(vdk_image *img, unsigned mode, vdk_check_report *rep, vdk_error *err);
+
+    /* Internal snapshots and VM states (contracts in vdk.h, vdk_snapshot_*
+     * and vdk_vmstate_*). The core has checked that the image is writable
+     * for create, apply, delete and vmstate_write, read-only for load, and
+     * that ids and params are not NULL. NULL: not supported. */
+    int (*snapshot_list)(vdk_image *img, vdk_snapshot_info **list, size_t *n,
+                         vdk_error *err);
+    int (*snapshot_create)(vdk_image *img, const vdk_snapshot_params *p, vdk_error *err);
+    int (*snapshot_apply)(vdk_image *img, const char *id, vdk_error *err);
+    int (*snapshot_delete)(vdk_image *img, const char *id, vdk_error *err);
+    int (*snapshot_load)(vdk_image *img, const char *id, vdk_error *err);
+    int (*vmstate_write)(vdk_image *img, const void *buf, size_t len, uint64_t pos,
+                         vdk_error *err);
+    void (*vmstate_discard)(vdk_image *img);
+    int (*vmstate_read)(vdk_image *img, const char *id, void *buf, size_t len, uint64_t pos,
+                        vdk_error *err);
 };
 
 /* Block-status flag for drivers only: refine this DATA|OFFSET_VALID answer

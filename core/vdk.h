@@ -492,6 +492,67 @@ void vdk_check_report_free(vdk_check_report *rep);
 const char *vdk_check_kind_name(int kind);
 const char *vdk_check_fix_name(int fix);
 
+/* ---------------------------------------------------------------- internal snapshots */
+
+/*
+ * Internal snapshots (qcow2): named, frozen views of the disk kept inside
+ * the image, each with an optional saved VM state. Snapshots are selected by
+ * their ID (unique; "1", "2", ... as qemu-img assigns them); callers that
+ * take names resolve them through vdk_snapshot_list. Formats without
+ * internal snapshots answer VDK_EUNSUPPORTED. Create, apply and delete need
+ * a writable image and are crash safe: a crash at any point leaves the old
+ * state or the new one (at worst with leaked clusters).
+ */
+#define VDK_SNAPSHOT_NO_ICOUNT UINT64_MAX /* icount not recorded (qemu's -1) */
+
+typedef struct vdk_snapshot_info {
+    char *id;               /* unique ID */
+    char *name;             /* name (qemu's "tag") */
+    uint64_t vm_state_size; /* bytes of saved VM state, 0 for a disk-only snapshot */
+    uint64_t disk_size;     /* virtual size when the snapshot was taken */
+    uint32_t date_sec, date_nsec; /* wall clock when taken */
+    uint64_t vm_clock_nsec; /* guest run time when taken */
+    uint64_t icount;        /* record/replay instruction count, or VDK_SNAPSHOT_NO_ICOUNT */
+} vdk_snapshot_info;
+
+/* The snapshots in table order (oldest first); free with vdk_snapshot_list_free. */
+int vdk_snapshot_list(vdk_image *img, vdk_snapshot_info **list, size_t *n, vdk_error *err);
+void vdk_snapshot_list_free(vdk_snapshot_info *list, size_t n);
+
+typedef struct vdk_snapshot_params {
+    const char *name;       /* required: valid UTF-8, unique in the image */
+    const char *id;         /* NULL: one more than the largest numeric ID */
+    int has_date;           /* 0: now */
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;        /* VDK_SNAPSHOT_NO_ICOUNT when not recorded */
+    uint64_t vm_state_size; /* > 0: the VM state staged with vdk_vmstate_write (its
+                             * first vm_state_size bytes) becomes the snapshot's */
+} vdk_snapshot_params;
+
+int vdk_snapshot_create(vdk_image *img, const vdk_snapshot_params *p, vdk_error *err);
+/* Revert the disk to the snapshot (its virtual size too). */
+int vdk_snapshot_apply(vdk_image *img, const char *id, vdk_error *err);
+int vdk_snapshot_delete(vdk_image *img, const char *id, vdk_error *err);
+/* On a read-only image: show the snapshot's disk instead of the current one
+ * (size included), as qemu-img convert -l does. */
+int vdk_snapshot_load(vdk_image *img, const char *id, vdk_error *err);
+
+/*
+ * VM states. A state is staged in a writable image with vdk_vmstate_write
+ * (any positions; whole clusters at cluster-aligned positions are written
+ * straight to their final place, without read-modify-write), becomes part of
+ * the next snapshot created with vm_state_size > 0, and is dropped by
+ * vdk_vmstate_discard (or by closing the image without such a snapshot).
+ * Writes may run on any thread, several at once for distinct ranges.
+ */
+int vdk_vmstate_write(vdk_image *img, const void *buf, size_t len, uint64_t pos,
+                      vdk_error *err);
+void vdk_vmstate_discard(vdk_image *img);
+/* Read bytes [pos, pos+len) of the VM state of snapshot id (past its size: zeros). */
+int vdk_vmstate_read(vdk_image *img, const char *id, void *buf, size_t len, uint64_t pos,
+                     vdk_error *err);
+
 #ifdef __cplusplus
 }
 #endif

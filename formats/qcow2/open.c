@@ -358,6 +358,7 @@ void qcow2_state_close(qcow2_state *s)
 {
     if (!s)
         return;
+    qcow2_vmstate_free(s); /* a VM state no snapshot took */
     if (s->writable && !s->broken && s->l2_cache && s->rc_cache) {
         pthread_mutex_lock(&s->lock);
         int r = qcow2_meta_flush(s, NULL);
@@ -460,4 +461,12 @@ const struct vdk_driver vdk_qcow2_driver = {
     .measure = qcow2_measure,
     .check = qcow2_check,
     .inspect = qcow2_inspect,
+    .snapshot_list = qcow2_snapshot_list,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_load = qcow2_snapshot_load,
+    .vmstate_write = qcow2_vmstate_write,
+    .vmstate_discard = qcow2_vmstate_discard,
+    .vmstate_read = qcow2_vmstate_read,
 };

@@ -115,7 +115,17 @@ typedef struct qcow2_snapshot {
     uint64_t disk_size; /* 0 when the entry does not record it */
     char *id;
     char *name;
+    /* The rest of the entry (snapshot*.c). */
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t icount;      /* UINT64_MAX when not recorded */
+    bool has_disk_size;   /* the entry records the disk size */
+    uint8_t *extra_tail;  /* extra data past the 24 bytes we know, kept as read */
+    uint32_t extra_tail_len;
 } qcow2_snapshot;
+
+struct qcow2_vmstate; /* a VM state being written (vmstate.c) */
 
 /* A header extension kept byte for byte. */
 typedef struct qcow2_ext {
@@ -261,6 +271,7 @@ typedef struct qcow2_state {
     bool prealloc_checked; /* metadata preallocation detection done (status.c) */
     bool metadata_prealloc; /* many more clusters refcounted than the file holds */
     int broken;      /* sticky error after a failed metadata write */
+    struct qcow2_vmstate *vmstate; /* staged VM state (vmstate.c), or NULL */
 } qcow2_state;
 
 /* ---------------------------------------------------------------- helpers */
@@ -308,6 +319,20 @@ int qcow2_set_incompat(qcow2_state *s, uint64_t bits, bool on, vdk_error *err);
 /* snapshot.c */
 int qcow2_snapshots_read(qcow2_state *s, vdk_error *err);
 void qcow2_snapshots_free(qcow2_state *s);
+
+/* snapshot*.c, vmstate.c: internal snapshots and VM states (driver slots) */
+int qcow2_snapshots_validate(qcow2_state *s, vdk_error *err);
+int qcow2_snapshot_list(vdk_image *img, vdk_snapshot_info **list, size_t *n, vdk_error *err);
+int qcow2_snapshot_create(vdk_image *img, const vdk_snapshot_params *p, vdk_error *err);
+int qcow2_snapshot_apply(vdk_image *img, const char *id, vdk_error *err);
+int qcow2_snapshot_delete(vdk_image *img, const char *id, vdk_error *err);
+int qcow2_snapshot_load(vdk_image *img, const char *id, vdk_error *err);
+int qcow2_vmstate_write(vdk_image *img, const void *buf, size_t len, uint64_t pos,
+                        vdk_error *err);
+void qcow2_vmstate_discard(vdk_image *img);
+int qcow2_vmstate_read(vdk_image *img, const char *id, void *buf, size_t len, uint64_t pos,
+                       vdk_error *err);
+void qcow2_vmstate_free(qcow2_state *s);
 
 /* open.c */
 int qcow2_state_open(vdk_file *file, vdk_image *img, unsigned flags, qcow2_state **out,

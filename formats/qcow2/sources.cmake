@@ -21,6 +21,10 @@ set(VDK_QCOW2_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/repair.c
   ${CMAKE_CURRENT_LIST_DIR}/resize.c
   ${CMAKE_CURRENT_LIST_DIR}/snapshot.c
+  ${CMAKE_CURRENT_LIST_DIR}/snapshot-commit.c
+  ${CMAKE_CURRENT_LIST_DIR}/snapshot-delta.c
+  ${CMAKE_CURRENT_LIST_DIR}/snapshot-ops.c
   ${CMAKE_CURRENT_LIST_DIR}/status.c
+  ${CMAKE_CURRENT_LIST_DIR}/vmstate.c
   ${CMAKE_CURRENT_LIST_DIR}/zero.c
 )
