@@ -265,4 +265,6 @@ function methods.hexdump(img, offset, length, opts)
 end
 
 M.hexdump = fmt.hexdump
+-- img:map_svg(path): scripts/vdk/svg.lua.
+require "vdk.svg"
 return M

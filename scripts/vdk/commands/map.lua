@@ -10,7 +10,7 @@ local cli = require "vdk.cli"
 local map = {
   name = "map",
   summary = "show the allocation map of an image",
-  usage = "map [-f fmt] [--output=human|json] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename",
+  usage = "map [-f fmt] [--output=human|json] [--start-offset=OFFSET] [--max-length=LEN] [-U] [--svg=FILE] filename",
   help = [[
   -f, --format=FMT       the image format (default: probe it)
   --output=FMT           human (default) or json, as qemu-img map prints them
@@ -18,6 +18,10 @@ local map = {
   --max-length=LEN       map at most LEN bytes
   -U, --force-share      open the image even if another process has it open
                          for writing (the result may be inconsistent)
+  --svg=FILE             draw the map as an SVG picture into FILE instead:
+                         the guest space coloured by data, backing layers,
+                         compressed, zero and unallocated, and the host file
+                         beside it (a bounded number of cells at any size)
   -h, --help             show this help
 
 Exit status: 0 on success, 1 when the image cannot be opened or its
@@ -30,6 +34,7 @@ error.
     { long = "start-offset", value = true },
     { long = "max-length", value = true },
     { short = "U", long = "force-share" },
+    { long = "svg", value = true },
   },
 }
 
@@ -110,6 +115,12 @@ function map.run(opts, operands)
     format = opts.format, force_share = opts["force-share"] or false,
   })
   if not img then return cli.fail_file(operands[1], msg) end
+  if opts.svg then
+    local sum, err = require("vdk.svg").write(img, opts.svg)
+    img:close()
+    if not sum then return cli.fail("Could not draw the map: %s", err) end
+    return 0
+  end
   local iter = img:map({ start = start, length = length })
   local ok, printed, perr = pcall(print_map, iter, output, start or 0)
   img:close()
