@@ -66,7 +66,9 @@ static int read_entry(qc_check *c, uint32_t i, uint64_t *off, vdk_error *err)
                        "snapshot table entry %u",
                        i);
             return vdk_fail(err, -EFBIG,
-                            "qcow2: too much extra metadata in snapshot table entry %u", i);
+                            "qcow2: too much extra metadata in snapshot table entry %u (check "
+                            "-r all removes it)",
+                            i);
         }
         qc_problem(c, VDK_CHECK_SNAPSHOT, true, VDK_FIX_SNAPSHOT_TABLE, at, 1,
                    "Discarding too much extra metadata in snapshot table entry %u (%u > %u)", i,

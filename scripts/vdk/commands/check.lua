@@ -46,11 +46,10 @@ local function out(opts, text)
   if not opts.quiet then io.stdout:write(text) end
 end
 
-local function failed(rep, msg, opts, output)
+-- A check that could not complete: what it found, then the reason (as
+-- qemu-img, no summary).
+local function failed(rep, msg)
   if rep and rep.problems then io.stderr:write(check.problems_text(rep)) end
-  if rep and output == "human" and (rep["check-errors"] or 0) > 0 and rep.filename ~= "" then
-    out(opts, check.human(rep))
-  end
   return cli.fail("Check failed: %s", msg)
 end
 
@@ -93,7 +92,7 @@ function cmd.run(opts, operands)
   local rep, second, code -- luacheck: ignore code
   if dry then
     rep, msg, code, second = check.run(img, { repair = repair, dry_run = true })
-    if not rep then img:close(); return failed(second, msg, opts, output) end
+    if not rep then img:close(); return failed(second, msg) end
     io.stderr:write(check.problems_text(rep))
     if output == "human" then out(opts, check.plan_text(rep)) end
     img:close()
@@ -101,7 +100,7 @@ function cmd.run(opts, operands)
   elseif repair then
     local partial
     rep, second, code, partial = check.repair(img, repair)
-    if not rep then img:close(); return failed(partial, second, opts, output) end
+    if not rep then img:close(); return failed(partial, second) end
     io.stderr:write(check.problems_text(rep))
     if rep ~= second then
       if output == "human" then out(opts, check.repaired_text(rep)) end
@@ -109,7 +108,7 @@ function cmd.run(opts, operands)
     end
   else
     rep, msg, code, second = check.run(img)
-    if not rep then img:close(); return failed(second, msg, opts, output) end
+    if not rep then img:close(); return failed(second, msg) end
     io.stderr:write(check.problems_text(rep))
     second = rep
   end
