@@ -227,9 +227,11 @@ typedef struct stats {
     uint64_t allocated, fragmented, compressed, data, zero, l2_tables, invalid, next;
 } stats;
 
+/* As qemu-img check: contiguity is judged within one L2 table. */
 static void stats_table(qcow2_state *s, const uint8_t *t, uint64_t l1i, stats *st)
 {
     uint64_t n = UINT64_C(1) << s->l2_bits;
+    st->next = 0;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t word, bitmap;
         qcow2_l2_entry_read(s, t, i, &word, &bitmap);
