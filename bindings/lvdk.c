@@ -677,6 +677,7 @@ static int l_is_image(lua_State *L)
 }
 
 int vdk_ljob_open(lua_State *L); /* ljob.c: vdk.copy, vdk.compare, vdk.measure */
+int vdk_lsnapshot_open(lua_State *L); /* lsnapshot.c: snapshots, VM states */
 int vdk_linspect_open(lua_State *L); /* linspect.c: img:inspect, img:read_file */
 int vdk_lcheck_open(lua_State *L); /* lcheck.c: img:check */
 
@@ -703,5 +704,6 @@ int luaopen_vdk_core(lua_State *L)
     vdk_ljob_open(L);
     vdk_linspect_open(L);
     vdk_lcheck_open(L);
+    vdk_lsnapshot_open(L);
     return 1;
 }

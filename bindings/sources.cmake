@@ -2,6 +2,7 @@
 set(VDK_BINDING_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/lvdk.c
   ${CMAKE_CURRENT_LIST_DIR}/ljob.c
+  ${CMAKE_CURRENT_LIST_DIR}/lsnapshot.c
   ${CMAKE_CURRENT_LIST_DIR}/ltesting.c
   ${CMAKE_CURRENT_LIST_DIR}/linspect.c
   ${CMAKE_CURRENT_LIST_DIR}/lcheck.c

@@ -64,6 +64,7 @@ function info.human(t)
       out[#out + 1] = "backing file format: " .. t["backing-filename-format"]
     end
   end
+  if t.snapshots then out[#out + 1] = require("vdk.snapshot").info_text(t.snapshots) end
   if t["format-specific"] then format_specific_lines(t["format-specific"], out) end
   return table.concat(out, "\n") .. "\n"
 end
@@ -76,6 +77,8 @@ local function collect(filename, opts)
   })
   if not img then return nil, msg end
   local t, err = img:info({ backing_chain = chain })
+  local ok, serr = t and require("vdk.snapshot").add_to_info(img, t, chain)
+  if t and not ok then t, err = nil, serr end
   img:close()
   return t, err
 end
