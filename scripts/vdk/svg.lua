@@ -112,7 +112,7 @@ local function esc(s)
 end
 
 -- Rects of one panel: runs of equal colour within a row merged.
-local function panel_rects(out, geo, x0, y0, cell_px, color_of, kind_of)
+local function panel_rects(out, panel, geo, x0, y0, cell_px, color_of, kind_of)
   for row = 0, geo.rows - 1 do
     local col = 0
     while col < geo.columns do
@@ -127,8 +127,9 @@ local function panel_rects(out, geo, x0, y0, cell_px, color_of, kind_of)
       local start = c * geo.cell_bytes
       local length = math.min(n * geo.cell_bytes, geo.total - start)
       out[#out + 1] = ('<rect class="cell" x="%d" y="%d" width="%d" height="%d" fill="%s" '
-        .. 'data-kind="%s" data-start="%d" data-length="%d"><title>%s 0x%x..0x%x</title></rect>')
-        :format(x0 + col * cell_px, y0 + row * cell_px, n * cell_px, cell_px, color, kind,
+        .. 'data-panel="%s" data-kind="%s" data-start="%d" data-length="%d"><title>%s '
+        .. '0x%x..0x%x</title></rect>')
+        :format(x0 + col * cell_px, y0 + row * cell_px, n * cell_px, cell_px, color, panel, kind,
           start, length, esc(LABELS[kind] or kind), start, start + length)
       col = col + n
     end
@@ -222,14 +223,14 @@ function svg.render(img, opts)
   end
   text(out, gx, top - 8, "guest address space", 'font-weight="bold"')
   row_labels(out, geo, gx - 4, top, cell_px)
-  panel_rects(out, geo, gx, top, cell_px,
+  panel_rects(out, "guest", geo, gx, top, cell_px,
     function(c) return svg.COLORS[svg.guest_kind(gcells[c + 1])] end,
     function(c) return svg.guest_kind(gcells[c + 1]) end)
   if hgeo then
     text(out, hx, top - 8, "host file (this layer)", 'font-weight="bold"')
     row_labels(out, hgeo, hx - 4, top, cell_px)
     local function kind(c) return svg.host_kind(hcells[c + 1]) end
-    panel_rects(out, hgeo, hx, top, cell_px, function(c)
+    panel_rects(out, "host", hgeo, hx, top, cell_px, function(c)
       local k = kind(c)
       if k == "data" then
         local t = hcells[c + 1]
