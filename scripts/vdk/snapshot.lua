@@ -124,4 +124,22 @@ function S.find_param(list, ref)
   end
 end
 
+-- Show snapshot ref (a parsed -l parameter) in the read-only image img,
+-- as qemu-img convert -l does. Returns true or nil, message.
+function S.load(img, ref)
+  local list, msg = img:snapshots()
+  if not list then return nil, "Failed to load snapshot: " .. msg end
+  local s = S.find_param(list, ref)
+  if not s then
+    if img.format ~= "qcow2" and #list == 0 then
+      return nil, ("Failed to load snapshot: format '%s' has no internal snapshots"):format(img.format)
+    end
+    return nil, "Failed to load snapshot: Can't find snapshot (no internal snapshot matches)"
+  end
+  local ok
+  ok, msg = img:snapshot_load({ id = s.id })
+  if not ok then return nil, "Failed to load snapshot: " .. msg end
+  return true
+end
+
 return S

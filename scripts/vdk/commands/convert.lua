@@ -18,7 +18,8 @@ local convert = {
   summary = "convert (copy) images into a new or existing image",
   usage = "convert [-f fmt] [-O fmt] [-o options] [-n] [--target-is-zero] "
     .. "[-B backing_file [-F backing_fmt]] [-c] [-S sparse_size] [-m num] [-W] [-r rate] "
-    .. "[-t cache] [-T src_cache] [-p] [-q] [-U] [-l snapshot] [--output=human|json] "
+    .. "[-t cache] [-T src_cache] [-p] [-q] [-U] [-l snapshot] [--keep-snapshots] "
+    .. "[--output=human|json] "
     .. "[--progress-fd=N] filename [filename2 [...]] output_filename",
   help = [[
   -f FMT              format of the sources (default: probe each)
@@ -47,7 +48,12 @@ local convert = {
   -p                  show progress (a bar on a terminal)
   -q                  quiet: print no summary
   -U, --force-share   open the sources even if another process writes them
-  -l SNAPSHOT         convert an internal snapshot (not supported yet)
+  -l SNAPSHOT         convert an internal snapshot instead of the current
+                      disk: an ID or name, or snapshot.id=ID and/or
+                      snapshot.name=NAME (qcow2 sources)
+  --keep-snapshots    copy every internal snapshot too, with its VM state,
+                      sharing unchanged clusters between them as the source
+                      does (qcow2 to qcow2; one source)
   -C                  accepted for compatibility (vdk plans copies itself)
   --output=FMT        human (default) or json: the summary as JSON
   --progress-fd=N     write progress as JSON lines (done, total, rate,
@@ -80,6 +86,7 @@ Exit status: 0 on success, 1 on any error, 130 when interrupted.
     { short = "q" },
     { short = "U", long = "force-share", name = "U" },
     { short = "l", value = true },
+    { long = "keep-snapshots" },
     { short = "C" },
     { long = "output", value = true },
     { long = "progress-fd", value = true },
@@ -93,9 +100,20 @@ local SPARSE_MSG = "Invalid buffer size for sparse output specified. Valid sizes
 -- Step 1: everything the options decide, or nil, message [, "usage"].
 local function check(opts, operands)
   if #operands < 2 then return nil, "Must specify image file name", "usage" end
-  if opts.l then return nil, "Converting an internal snapshot (-l) is not supported yet" end
+  if opts.l and #operands > 2 then return nil, "No support for concatenating multiple snapshot" end
+  local S = require "vdk.snapshot"
+  local snap_ref, smsg = opts.l and S.parse_param(opts.l)
+  if opts.l and not snap_ref then return nil, smsg end
+  if opts["keep-snapshots"] then
+    if opts.l then return nil, "--keep-snapshots and -l cannot be used together" end
+    if #operands > 2 then return nil, "--keep-snapshots copies one source" end
+    if opts.n or opts.c or opts.B or (opts.O or "raw") ~= "qcow2" then
+      return nil, "--keep-snapshots needs a new qcow2 target (-O qcow2), without -n, -c or -B"
+    end
+  end
   local c = { sources = table.move(operands, 1, #operands - 1, 1, {}),
-              target = operands[#operands] }
+              target = operands[#operands], snapshot = snap_ref,
+              keep_snapshots = opts["keep-snapshots"] }
   c.format = opts.O or (not opts.n and "raw" or nil)
   if c.format and not C.known_format(c.format) then
     return nil, ("Unknown file format '%s'"):format(c.format)
@@ -161,6 +179,13 @@ local function open_images(c, opts)
   local sources, msg = C.open_sources(c.sources, { format = opts.f, cache = c.src_cache,
                                                    force_share = opts.U })
   if not sources then return nil, msg end
+  if c.snapshot then
+    local ok, lmsg = require("vdk.snapshot").load(sources[1], c.snapshot)
+    if not ok then
+      C.close_all(sources)
+      return nil, lmsg
+    end
+  end
   local total = C.total_size(sources)
   local target, tmp
   if opts.n then
@@ -216,7 +241,18 @@ function convert.run(opts, operands)
   if not sources then return cli.fail(target) end
 
   local format = target.format
-  local ok, err, progress = copy(c, opts, sources, target)
+  local ok, err, progress
+  if c.keep_snapshots then
+    local show, finish = C.progress_display{ bar = opts.p and vdk.isatty(1),
+                                             percent = opts.p and not vdk.isatty(1),
+                                             fd = c.progress_fd }
+    ok, err, progress = require("vdk.snapshot_convert").run(c.sources[1],
+      { format = opts.f, cache = c.src_cache, force_share = opts.U or false }, target,
+      (opts.p or c.progress_fd) and show or nil)
+    finish()
+  else
+    ok, err, progress = copy(c, opts, sources, target)
+  end
   C.close_all(sources)
   local committed, cmsg = C.commit_target(target, tmp, c.target, ok)
   if progress and progress.interrupted then
