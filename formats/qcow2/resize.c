@@ -64,14 +64,17 @@ int qcow2_grow_l1(qcow2_state *s, uint64_t n, vdk_error *err)
         if (r == 0) {
             r = write_l1_range(s, off, 0, n, err);
             s->l1_offset = off;
+            s->l1_dirty_lo = s->l1_dirty_hi = 0; /* the flush wrote them; the copy has them */
         }
     }
     if (r == 0)
         r = vdk_file_flush(s->file, err);
     if (r < 0)
         return qcow2_set_broken(s, r);
+    /* In place, the entries still dirty stay so: they may point at L2 tables
+     * that are not durable yet, and the next metadata flush writes them in
+     * order (found by the crash replayer, test_crash_replay.c). */
     s->l1_size = (uint32_t)n;
-    s->l1_dirty_lo = s->l1_dirty_hi = 0;
     r = qcow2_header_write_field(s, QCOW2_OFF_L1_SIZE, 12, err);
     if (r == 0)
         r = vdk_file_flush(s->file, err);
