@@ -81,8 +81,12 @@ function M.save(img, name, source, opts)
   end
   local t0 = clock()
   local w = vdk.vmstate_writer(img, { buffer_size = opts.buffer_size, naive = opts.naive })
-  local ok, msg, code = pump(w, file, opts, t0)
+  local fine, ok, msg, code = pcall(pump, w, file, opts, t0)
   if close_after then file:close() end
+  if not fine then -- an error raised by the stream: drop the state, raise it again
+    w:abort()
+    error(ok, 0)
+  end
   local size
   if ok then size, msg, code = w:finish() end
   if not size then
