@@ -386,8 +386,7 @@ int qcow2_snapshot_load(vdk_image *img, const char *id, vdk_error *err)
     if (r == 0) {
         free(s->l1);
         s->l1 = l1;
-        s->l1_size = sn->l1_size;
-        s->l1_offset = sn->l1_offset;
+        s->l1_size = sn->l1_size; /* l1_offset stays the active table's (read-only) */
         s->size = sn->disk_size;
         vdk_image_set_size(img, s->size);
     }
