@@ -20,7 +20,8 @@ describe("docs/cookbook.md", function()
   local list = scripts()
 
   it("has the scripts", function()
-    assert.equal(2, #list)
+    -- The first two are tested here; the others in spec/inspect_cookbook_spec.lua.
+    assert.truthy(#list >= 2)
   end)
 
   it("converts a folder two at a time and prints a summary", function()
