@@ -19,6 +19,19 @@
  * operations, so `nth` counts from that open. The rule keeps no reference
  * on the files (an open file holds its image lock). Rules are process wide
  * and guarded by a mutex: opens may happen on any thread.
+ *
+ * Crash recording (core/file-test.h), for crash-consistency specs:
+ *
+ *   local rec = testing.record{path = "/tmp/x/a.qcow2"}  -- or contains = "..."
+ *   ... open the image at that path and work on it ...
+ *   rec:stop()               -- later opens are no longer recorded
+ *   rec:count()              --> entries logged (writes, zeroings, truncates, flushes)
+ *   rec:entry(i)             --> {kind = "write"|"zero"|"truncate"|"flush", offset, length}
+ *   rec:apply(path, {i, ...}) -- apply those entries (1-based, in that order) to the
+ *                               file at path, a copy of the file as recording began
+ *
+ * Every prefix of the log is a state a crash can leave; so is a prefix up to
+ * a flush plus any subset, in any order, of the entries before the next one.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -64,10 +77,38 @@ static bool matches(const rule *r, const char *path)
     return r->contains && strstr(path, r->contains) != NULL;
 }
 
+#define RECORDER_MT "vdk.testing.recorder"
+
+/* A crash recorder: files opened at its path log into its log. */
+typedef struct recorder {
+    char *path, *contains;
+    vdk_record *log;
+    bool listed;
+    struct recorder *next;
+} recorder;
+
+static recorder *recorders;
+
+static vdk_file *record_files(vdk_file *f, const char *path)
+{
+    for (recorder *r = recorders; r; r = r->next) {
+        if (!((r->path && strcmp(r->path, path) == 0) ||
+              (r->contains && strstr(path, r->contains))))
+            continue;
+        vdk_file *w = vdk_file_record_new(f, r->log);
+        if (w) {
+            vdk_file_unref(f);
+            f = w;
+        }
+    }
+    return f;
+}
+
 static vdk_file *hook(vdk_file *f, const char *path, void *ctx)
 {
     (void)ctx;
     pthread_mutex_lock(&rules_lock);
+    f = record_files(f, path);
     for (rule *r = rules; r; r = r->next) {
         if (!matches(r, path))
             continue;
@@ -87,7 +128,7 @@ static vdk_file *hook(vdk_file *f, const char *path, void *ctx)
 
 static void update_hook_locked(void)
 {
-    vdk_file_set_open_hook(rules ? hook : NULL, NULL);
+    vdk_file_set_open_hook(rules || recorders ? hook : NULL, NULL);
 }
 
 static void unlist_locked(rule *r)
@@ -256,6 +297,164 @@ static int t_min_align(lua_State *L)
     return 0;
 }
 
+/* ---------------------------------------------------------------- crash recording */
+
+static recorder *check_recorder(lua_State *L)
+{
+    recorder **ud = luaL_checkudata(L, 1, RECORDER_MT);
+    if (!*ud)
+        luaL_error(L, "recorder is released");
+    return *ud;
+}
+
+static void recorder_unlist_locked(recorder *r)
+{
+    for (recorder **p = &recorders; *p; p = &(*p)->next) {
+        if (*p == r) {
+            *p = r->next;
+            r->listed = false;
+            break;
+        }
+    }
+    update_hook_locked();
+}
+
+/* testing.record{path | contains} -> recorder */
+static int t_record(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    recorder **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+    *ud = NULL;
+    luaL_setmetatable(L, RECORDER_MT);
+    recorder *r = calloc(1, sizeof *r);
+    if (!r || !(r->log = vdk_record_new())) {
+        free(r);
+        return luaL_error(L, "out of memory");
+    }
+    *ud = r;
+    r->path = opt_dup(L, "path");
+    r->contains = opt_dup(L, "contains");
+    if (!r->path && !r->contains)
+        return luaL_error(L, "testing.record: give 'path' or 'contains'");
+    pthread_mutex_lock(&rules_lock);
+    r->listed = true;
+    r->next = recorders;
+    recorders = r;
+    update_hook_locked();
+    pthread_mutex_unlock(&rules_lock);
+    return 1;
+}
+
+/* rec:stop(): later opens are not recorded (open files still log). */
+static int rec_stop(lua_State *L)
+{
+    recorder *r = check_recorder(L);
+    pthread_mutex_lock(&rules_lock);
+    if (r->listed)
+        recorder_unlist_locked(r);
+    pthread_mutex_unlock(&rules_lock);
+    return 0;
+}
+
+static int rec_count(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)vdk_record_count(check_recorder(L)->log));
+    return 1;
+}
+
+/* rec:entry(i) -> {kind, offset, length} (1-based), or nil past the end */
+static int rec_entry(lua_State *L)
+{
+    static const char *const kinds[] = {"?", "write", "zero", "truncate", "flush"};
+    recorder *r = check_recorder(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    struct vdk_record_entry e;
+    if (i < 1 || vdk_record_entry(r->log, (size_t)(i - 1), &e) < 0)
+        return 0;
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, e.kind >= 1 && e.kind <= 4 ? kinds[e.kind] : "?");
+    lua_setfield(L, -2, "kind");
+    lua_pushinteger(L, (lua_Integer)e.off);
+    lua_setfield(L, -2, "offset");
+    lua_pushinteger(L, (lua_Integer)e.len);
+    lua_setfield(L, -2, "length");
+    return 1;
+}
+
+/* rec:apply(path, {i, ...}) -> true | nil, msg: apply entries to the file at path. */
+static int rec_apply(lua_State *L)
+{
+    recorder *r = check_recorder(L);
+    const char *path = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    size_t n = (size_t)luaL_len(L, 3), total = vdk_record_count(r->log);
+    size_t *idx = malloc((n ? n : 1) * sizeof *idx);
+    if (!idx)
+        return luaL_error(L, "out of memory");
+    for (size_t k = 0; k < n; k++) {
+        lua_geti(L, 3, (lua_Integer)k + 1);
+        lua_Integer i = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        if (i < 1 || (size_t)i > total) {
+            free(idx);
+            return luaL_error(L, "rec:apply: entry %d out of range 1..%d", (int)i, (int)total);
+        }
+        idx[k] = (size_t)(i - 1);
+    }
+    vdk_error err;
+    vdk_error_clear(&err);
+    vdk_file *f = NULL;
+    int rc = vdk_file_open(path, VDK_FILE_RDWR | VDK_FILE_NOLOCK, VDK_CACHE_UNSAFE, &f, &err);
+    if (rc == 0) {
+        rc = vdk_record_apply(r->log, f, idx, n, &err);
+        int fr = vdk_file_flush(f, rc == 0 ? &err : NULL);
+        rc = rc < 0 ? rc : fr;
+        vdk_file_unref(f);
+    }
+    free(idx);
+    if (rc < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err.msg[0] ? err.msg : vdk_strerror(rc));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int rec_gc(lua_State *L)
+{
+    recorder **ud = luaL_checkudata(L, 1, RECORDER_MT);
+    recorder *r = *ud;
+    if (!r)
+        return 0;
+    pthread_mutex_lock(&rules_lock);
+    if (r->listed)
+        recorder_unlist_locked(r);
+    pthread_mutex_unlock(&rules_lock);
+    /* Files still open keep logging into r->log: release it only when none can
+     * be left, which the spec guarantees by closing its images first. */
+    vdk_record_free(r->log);
+    free(r->path);
+    free(r->contains);
+    free(r);
+    *ud = NULL;
+    return 0;
+}
+
+static void recorder_metatable(lua_State *L)
+{
+    static const luaL_Reg methods[] = {{"stop", rec_stop},   {"count", rec_count},
+                                       {"entry", rec_entry}, {"apply", rec_apply},
+                                       {NULL, NULL}};
+    if (luaL_newmetatable(L, RECORDER_MT)) {
+        lua_pushcfunction(L, rec_gc);
+        lua_setfield(L, -2, "__gc");
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+}
+
 int luaopen_vdk_testing(lua_State *L)
 {
     static const luaL_Reg rule_methods[] = {
@@ -264,6 +463,7 @@ int luaopen_vdk_testing(lua_State *L)
         {"fault", t_fault},
         {"clear", t_clear},
         {"min_direct_alignment", t_min_align},
+        {"record", t_record},
         {NULL, NULL},
     };
     if (luaL_newmetatable(L, RULE_MT)) {
@@ -273,6 +473,7 @@ int luaopen_vdk_testing(lua_State *L)
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
+    recorder_metatable(L);
     luaL_newlib(L, funcs);
     return 1;
 }

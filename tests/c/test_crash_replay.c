@@ -352,7 +352,7 @@ static verdict check_image(const char *path, unsigned flags, unsigned mode, cons
     v.errors = rep.check_errors;
     for (size_t i = 0; i < rep.nproblems; i++)
         v.benign += benign(rep.problems[i].message);
-    if (r == 0 && (rep.corruptions || rep.check_errors) && mode == 0)
+    if (getenv("TC_DEBUG") && r == 0 && (rep.corruptions || rep.check_errors) && mode == 0)
         for (size_t i = 0; i < rep.nproblems && i < 5; i++)
             fprintf(stderr, "    %s: %s\n", ctx, rep.problems[i].message);
     vdk_check_report_free(&rep);
