@@ -75,14 +75,16 @@ time_run() {
 
 median() { sort -n | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.3f", m / 1000 }'; }
 
-# nbd_server NAME ARGS...: start nbdkit on $dir/NAME.sock; prints the URI.
+# nbd_server NAME ARGS...: start nbdkit on $dir/NAME.sock and set $uri.
+# (Not in a subshell: the cleanup must see the server's pid.)
 nbd_server() {
   local name=$1
   shift
+  rm -f "$dir/$name.pid"
   nbdkit --log=null -U "$dir/$name.sock" -P "$dir/$name.pid" "$@" </dev/null >/dev/null 2>&1
   for _ in $(seq 100); do [ -s "$dir/$name.pid" ] && break; sleep 0.05; done
   pids+=("$(cat "$dir/$name.pid")")
-  echo "nbd+unix:///?socket=$dir/$name.sock"
+  uri="nbd+unix:///?socket=$dir/$name.sock"
 }
 
 # bench NAME SOURCE "VDK ARGS" "QEMU ARGS" ["NBDCOPY ARGS"]: alternate the tools.
@@ -132,17 +134,19 @@ for w in $workloads; do
                         "-t writethrough -O qcow2 mixed.raw $out" ;;
     none) bench "$w" mixed.raw "-t none -O qcow2 mixed.raw $out" "-t none -O qcow2 mixed.raw $out" ;;
     nbd-src)
-      uri=$(nbd_server src --filter=delay -r file mixed.raw delay-read=2ms delay-extents=2ms)
+      nbd_server src --filter=delay -r file mixed.raw delay-read=2ms delay-extents=2ms
       bench "$w" mixed.raw "-t unsafe -O raw $uri $out" "-m 16 -W -O raw $uri $out" "$uri $out"
+      kill "${pids[-1]}"
       ;;
     nbd-dst)
-      uri=$(nbd_server dst --filter=delay memory "${size}M" delay-write=2ms delay-zero=2ms delay-trim=2ms)
+      nbd_server dst --filter=delay memory "${size}M" delay-write=2ms delay-zero=2ms delay-trim=2ms
       # The export is the output here ("out" is only a placeholder file); it
       # is filled once first, untimed, so that no tool pays for the server's
       # first allocation of its memory. The source is raw: nbdcopy reads no qcow2.
       nbdcopy mixed.raw "$uri"
       bench "$w" mixed.raw "-n -t unsafe mixed.raw $uri" "-n -m 16 -W -O raw mixed.raw $uri" \
         "mixed.raw $uri"
+      kill "${pids[-1]}"
       ;;
     *) echo "unknown workload $w" >&2; exit 2 ;;
   esac
