@@ -32,7 +32,18 @@ typedef struct qcow2_deltas {
     size_t cap, n;        /* hash slots, chunks in use */
     uint64_t *keys;       /* chunk index + 1; 0 = empty slot */
     int32_t **vals;       /* per chunk: a delta per cluster */
+    uint64_t last_key;    /* the chunk used last (a lookup cache) */
+    int32_t *last;
 } qcow2_deltas;
+
+/* Refcount lookups that keep the last refcount block referenced. */
+typedef struct qcow2_rc_cursor {
+    uint64_t ti;
+    uint8_t *blk;
+} qcow2_rc_cursor;
+int qcow2_rc_cursor_get(qcow2_state *s, qcow2_rc_cursor *c, uint64_t cluster, uint64_t *rc,
+                        vdk_error *err);
+void qcow2_rc_cursor_put(qcow2_state *s, qcow2_rc_cursor *c);
 
 void qcow2_deltas_init(qcow2_state *s, qcow2_deltas *d);
 void qcow2_deltas_free(qcow2_deltas *d);
@@ -51,9 +62,9 @@ int qcow2_deltas_add_l1(qcow2_state *s, qcow2_deltas *d, const uint64_t *l1, uin
 /* A snapshot's L1 table, read whole into host byte order (*l1 freed by the caller). */
 int qcow2_snapshot_read_l1(qcow2_state *s, const qcow2_snapshot *sn, uint64_t **l1,
                            vdk_error *err);
-/* Refcount of a cluster after the deltas. */
-int qcow2_final_refcount(qcow2_state *s, const qcow2_deltas *d, uint64_t cluster,
-                         int64_t *out, vdk_error *err);
+/* Refcount of a cluster after the deltas (c: a cursor, or NULL). */
+int qcow2_final_refcount(qcow2_state *s, const qcow2_deltas *d, qcow2_rc_cursor *c,
+                         uint64_t cluster, int64_t *out, vdk_error *err);
 
 /* snapshot-commit.c */
 typedef struct qcow2_txn {

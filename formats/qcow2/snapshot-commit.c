@@ -21,7 +21,10 @@
  *  5. switches: one write of header bytes 24-71, then a flush;
  *  6. frees, through the new live structures, what nothing references any
  *     more (old L1, refcount table and blocks, snapshot table, and what the
- *     operation named), and flushes.
+ *     operation named); the image's next flush writes that (a crash before
+ *     it leaks those clusters).
+ * Three flushes in all (qemu-img snapshot takes seven): before the switch,
+ * after it, and the image's own when it is closed.
  *
  * A crash before step 5 leaves the old image plus leaked clusters; after
  * it, the new image plus leaked clusters. Refcounts and flags agree in both.
@@ -86,6 +89,11 @@ int qcow2_quiesce(qcow2_state *s, vdk_error *err)
 {
     while (s->ops)
         pthread_cond_wait(&s->cond, &s->lock);
+    /* Nothing cached to write back: no flush either (the commit flushes
+     * everything, guest data included, before it switches). */
+    if (!vdk_cache_is_dirty(s->l2_cache) && !vdk_cache_is_dirty(s->rc_cache) &&
+        s->l1_dirty_lo >= s->l1_dirty_hi && s->npending == 0)
+        return 0;
     return qcow2_meta_flush(s, err);
 }
 
@@ -102,15 +110,15 @@ static void plan_free(plan *p)
 /* ---------------------------------------------------------------- flags */
 
 /* The L2 entry w with its "copied" flag as the final refcounts want it. */
-static int desired_word(qcow2_state *s, const qcow2_deltas *d, uint64_t w, uint64_t *out,
-                        vdk_error *err)
+static int desired_word(qcow2_state *s, const qcow2_deltas *d, qcow2_rc_cursor *c, uint64_t w,
+                        uint64_t *out, vdk_error *err)
 {
     uint64_t host = w & QCOW2_OFFSET_MASK;
     *out = w & ~QCOW2_OFLAG_COPIED;
     if ((w & QCOW2_OFLAG_COMPRESSED) || !host)
         return 0;
     int64_t f;
-    int r = qcow2_final_refcount(s, d, host >> s->cluster_bits, &f, err);
+    int r = qcow2_final_refcount(s, d, c, host >> s->cluster_bits, &f, err);
     if (r == 0 && f == 1)
         *out |= QCOW2_OFLAG_COPIED;
     return r;
@@ -129,10 +137,11 @@ static int table_flags(qcow2_state *s, const qcow2_deltas *d, uint64_t off, bool
         memcpy(out, t, s->cluster_size);
     *wrong = false;
     uint64_t n = UINT64_C(1) << s->l2_bits;
+    qcow2_rc_cursor c = {0};
     for (uint64_t i = 0; i < n && r == 0; i++) {
         uint64_t w, b, want;
         qcow2_l2_entry_read(s, t, i, &w, &b);
-        r = desired_word(s, d, w, &want, err);
+        r = desired_word(s, d, &c, w, &want, err);
         if (r == 0 && want != w) {
             *wrong = true;
             if (!out)
@@ -143,6 +152,7 @@ static int table_flags(qcow2_state *s, const qcow2_deltas *d, uint64_t off, bool
                 vdk_put_be64(out + i * 8, want);
         }
     }
+    qcow2_rc_cursor_put(s, &c);
     vdk_cache_put(s->l2_cache, (void **)&t);
     return r;
 }
@@ -174,7 +184,7 @@ static int decide(qcow2_state *s, qcow2_txn *t, plan *p, vdk_error *err)
             continue; /* set once the copy has its cluster */
         }
         int64_t f = 0;
-        int r = off ? qcow2_final_refcount(s, &t->d, off >> s->cluster_bits, &f, err) : 0;
+        int r = off ? qcow2_final_refcount(s, &t->d, NULL, off >> s->cluster_bits, &f, err) : 0;
         if (r < 0)
             return r;
         p->l1[i] = off | (f == 1 ? QCOW2_OFLAG_COPIED : 0);
@@ -187,6 +197,7 @@ static int decide(qcow2_state *s, qcow2_txn *t, plan *p, vdk_error *err)
 typedef struct check_ctx {
     qcow2_state *s;
     plan *p;
+    qcow2_rc_cursor c;
     vdk_error *err;
 } check_ctx;
 
@@ -216,7 +227,7 @@ static int check_one(uint64_t c, int32_t delta, void *ctx)
     check_ctx *k = ctx;
     qcow2_state *s = k->s;
     uint64_t live;
-    int r = qcow2_refcount_get(s, c, &live, k->err);
+    int r = qcow2_rc_cursor_get(s, &k->c, c, &live, k->err);
     if (r < 0)
         return r;
     int64_t f = (int64_t)live + delta;
@@ -394,10 +405,12 @@ static int write_refcounts(qcow2_state *s, qcow2_txn *t, plan *p, vdk_error *err
     return r;
 }
 
-/* Step 4. */
+/* Step 4. The allocations' refcounts only need to be durable before the
+ * switch: written here, flushed with the rest. */
 static int write_all(qcow2_state *s, qcow2_txn *t, plan *p, vdk_error *err)
 {
-    int r = qcow2_meta_flush(s, err);
+    int r = vdk_cache_is_dirty(s->l2_cache) || s->npending ? qcow2_meta_flush(s, err)
+                                                           : vdk_cache_write(s->rc_cache, err);
     if (r == 0)
         r = write_copies(s, t, p, err);
     if (r == 0 && t->l1_size)
@@ -532,18 +545,17 @@ static int free_old(qcow2_state *s, qcow2_txn *t, plan *p, const old_state *o,
         if (t->drop_l1[i] & QCOW2_OFFSET_MASK)
             r = drop_table(s, t->drop_l1[i] & QCOW2_OFFSET_MASK, buf, err);
     free(buf);
-    if (r == 0)
-        r = qcow2_meta_flush(s, err);
-    return r;
+    return r; /* written by the image's next flush (a crash before: leaks) */
 }
 
 int qcow2_txn_commit(qcow2_state *s, qcow2_txn *t, vdk_error *err)
 {
     plan p = {0};
-    check_ctx k = {s, &p, err};
+    check_ctx k = {s, &p, {0}, err};
     int r = decide(s, t, &p, err);
     if (r == 0)
         r = qcow2_deltas_each(&t->d, check_one, &k);
+    qcow2_rc_cursor_put(s, &k.c);
     if (r == 0)
         r = allocate(s, t, &p, err);
     if (r == 0) {

@@ -77,6 +77,13 @@ static int grow(qcow2_deltas *d)
 int qcow2_deltas_add(qcow2_deltas *d, uint64_t cluster, int32_t delta, vdk_error *err)
 {
     uint64_t key = (cluster >> d->chunk_bits) + 1;
+    if (key == d->last_key && d->last) {
+        int32_t *v = &d->last[cluster & ((UINT64_C(1) << d->chunk_bits) - 1)];
+        if ((delta > 0 && *v <= INT32_MAX - delta) || (delta < 0 && *v >= INT32_MIN - delta)) {
+            *v += delta;
+            return 0;
+        }
+    }
     if ((d->n + 1) * 2 > d->cap && grow(d) < 0)
         return vdk_fail(err, -ENOMEM, "out of memory for snapshot refcount changes");
     size_t i = slot_of(d, key);
@@ -87,6 +94,8 @@ int qcow2_deltas_add(qcow2_deltas *d, uint64_t cluster, int32_t delta, vdk_error
         d->keys[i] = key;
         d->n++;
     }
+    d->last_key = key;
+    d->last = d->vals[i];
     int32_t *v = &d->vals[i][cluster & ((UINT64_C(1) << d->chunk_bits) - 1)];
     if ((delta > 0 && *v > INT32_MAX - delta) || (delta < 0 && *v < INT32_MIN - delta))
         return vdk_fail(err, -ERANGE, "qcow2: too many references to cluster 0x%llx",
@@ -99,10 +108,15 @@ int32_t qcow2_deltas_get(const qcow2_deltas *d, uint64_t cluster)
 {
     if (!d->cap)
         return 0;
-    size_t i = slot_of(d, (cluster >> d->chunk_bits) + 1);
+    uint64_t key = (cluster >> d->chunk_bits) + 1, mask = (UINT64_C(1) << d->chunk_bits) - 1;
+    if (key == d->last_key && d->last)
+        return d->last[cluster & mask];
+    size_t i = slot_of(d, key);
     if (!d->keys[i])
         return 0;
-    return d->vals[i][cluster & ((UINT64_C(1) << d->chunk_bits) - 1)];
+    ((qcow2_deltas *)d)->last_key = key; /* a lookup cache, not the contents */
+    ((qcow2_deltas *)d)->last = d->vals[i];
+    return d->vals[i][cluster & mask];
 }
 
 int qcow2_deltas_each(const qcow2_deltas *d, int (*fn)(uint64_t, int32_t, void *), void *ctx)
@@ -123,11 +137,39 @@ int qcow2_deltas_each(const qcow2_deltas *d, int (*fn)(uint64_t, int32_t, void *
     return 0;
 }
 
-int qcow2_final_refcount(qcow2_state *s, const qcow2_deltas *d, uint64_t cluster,
-                         int64_t *out, vdk_error *err)
+int qcow2_rc_cursor_get(qcow2_state *s, qcow2_rc_cursor *c, uint64_t cluster, uint64_t *rc,
+                        vdk_error *err)
+{
+    uint64_t ti = cluster >> s->rb_bits;
+    if (!c->blk || c->ti != ti) {
+        qcow2_rc_cursor_put(s, c);
+        uint64_t off = ti < s->rt_size ? s->rt[ti] & QCOW2_RT_OFFSET_MASK : 0;
+        uint64_t lim = qcow2_host_limit(s);
+        if (!off || (off & (s->cluster_size - 1)) || off < s->cluster_size || off > lim ||
+            lim - off < s->cluster_size) /* none, or damaged: the checked way */
+            return qcow2_refcount_get(s, cluster, rc, err);
+        int r = vdk_cache_get(s->rc_cache, off, (void **)&c->blk, err);
+        if (r < 0)
+            return r;
+        c->ti = ti;
+    }
+    *rc = qcow2_rb_get(s, c->blk, cluster & ((UINT64_C(1) << s->rb_bits) - 1));
+    return 0;
+}
+
+void qcow2_rc_cursor_put(qcow2_state *s, qcow2_rc_cursor *c)
+{
+    if (c->blk)
+        vdk_cache_put(s->rc_cache, (void **)&c->blk);
+    c->blk = NULL;
+}
+
+int qcow2_final_refcount(qcow2_state *s, const qcow2_deltas *d, qcow2_rc_cursor *c,
+                         uint64_t cluster, int64_t *out, vdk_error *err)
 {
     uint64_t live;
-    int r = qcow2_refcount_get(s, cluster, &live, err);
+    int r = c ? qcow2_rc_cursor_get(s, c, cluster, &live, err)
+              : qcow2_refcount_get(s, cluster, &live, err);
     *out = (int64_t)live + qcow2_deltas_get(d, cluster);
     return r;
 }

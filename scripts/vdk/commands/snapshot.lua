@@ -10,7 +10,9 @@ local vdk = require "vdk"
 local cli = require "vdk.cli"
 local S = require "vdk.snapshot"
 local savevm = require "vdk.savevm"
-local C = require "vdk.convert"
+
+local CACHE_MODES = { writeback = true, writethrough = true, none = true, directsync = true,
+                      unsafe = true }
 
 local snapshot = {
   name = "snapshot",
@@ -130,7 +132,7 @@ function snapshot.run(opts, operands)
   local what, msg = action(opts)
   if not what then return cli.usage_error("snapshot", msg) end
   if #operands ~= 1 then return cli.usage_error("snapshot", "Expecting one image file name") end
-  if opts.t and not C.CACHE_MODES[opts.t] then return cli.fail("Invalid cache option: " .. opts.t) end
+  if opts.t and not CACHE_MODES[opts.t] then return cli.fail("Invalid cache option: " .. opts.t) end
   local filename = operands[1]
   local writable = what == "create" or what == "apply" or what == "delete"
   local img, err = open(filename, opts, writable)
