@@ -187,6 +187,13 @@ describe("qcow2 snapshots and backing chains", function()
     for _, r in ipairs(rm.references) do if r.what == "data" then owners[#owners + 1] = r.owner end end
     assert.truthy(#owners >= 1)
     assert.truthy(table.concat(owners, ","):find("snapshot 1 %(first%)"), table.concat(owners, ","))
+    -- explain through the snapshot's L1 table finds the old data.
+    local ex = assert(img:explain(0, { snapshot = "first" }))
+    assert.equal(host, ex.layers[1].result.host_offset)
+    assert.equal("snapshot 1 (first)", img:inspect("explain", 0, 0).owner)
+    local now = assert(img:explain(0))
+    assert.are_not.equal(host, now.layers[1].result.host_offset)
+    assert.equal(("\2"):rep(16), now.bytes)
     -- Check figures with snapshots.
     local _, out = U.run("qemu-img check --output=json %s", U.q(path))
     local c = cjson.decode(out)

@@ -9,7 +9,7 @@
  *   l1           an L1 table (active or a snapshot's): args {snapshot, first, count}
  *   l2           one L2 table, entries decoded: args {l1_index, snapshot}
  *   refcount     the refcount of the host cluster at args {host_offset [, count]}
- *   explain      how guest offset args {offset} resolves in this layer
+ *   explain      how guest offset args {offset [, snapshot]} resolves in this layer
  *   refmap, stats, layout: inspect-scan.c
  *
  * Snapshot arguments are indexes into the snapshot table, -1 for the active
@@ -520,18 +520,18 @@ static int q_refcount(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emi
 
 /* ---------------------------------------------------------------- explain */
 
-static void emit_l1_step(qcow2_state *s, uint64_t l1i, vdk_emitter *e)
+static void emit_l1_step(qcow2_state *s, const qcow2_l1view *v, uint64_t l1i, vdk_emitter *e)
 {
-    uint64_t raw = l1i < s->l1_size ? s->l1[l1i] : 0, off = raw & QCOW2_OFFSET_MASK;
+    uint64_t raw = l1i < v->n ? v->e[l1i] : 0, off = raw & QCOW2_OFFSET_MASK;
     vdk_emit_open(e, NULL);
     vdk_emit_str(e, "structure", "L1 table");
-    vdk_emit_u64(e, "table_offset", s->l1_offset);
+    vdk_emit_u64(e, "table_offset", v->offset);
     vdk_emit_u64(e, "index", l1i);
-    vdk_emit_u64(e, "entry_offset", s->l1_offset + l1i * 8);
+    vdk_emit_u64(e, "entry_offset", v->offset + l1i * 8);
     vdk_emit_u64(e, "raw", raw);
-    if (l1i >= s->l1_size)
-        vdk_emit_strf(e, "says", "index past the L1 table (%u entries): unallocated",
-                      s->l1_size);
+    if (l1i >= v->n)
+        vdk_emit_strf(e, "says", "index past the L1 table (%llu entries): unallocated",
+                      (unsigned long long)v->n);
     else if (!off)
         vdk_emit_str(e, "says", "no L2 table: the whole range is unallocated here");
     else
@@ -541,9 +541,9 @@ static void emit_l1_step(qcow2_state *s, uint64_t l1i, vdk_emitter *e)
     vdk_emit_close(e);
 }
 
-static void emit_l2_step(qcow2_state *s, uint64_t gc, const qcow2_cinfo *ci, vdk_emitter *e)
+static void emit_l2_step(qcow2_state *s, uint64_t l2off, uint64_t gc, const qcow2_cinfo *ci,
+                         vdk_emitter *e)
 {
-    uint64_t l2off = s->l1[gc >> s->l2_bits] & QCOW2_OFFSET_MASK;
     uint64_t idx = gc & ((UINT64_C(1) << s->l2_bits) - 1);
     vdk_emit_open(e, NULL);
     vdk_emit_str(e, "structure", "L2 table");
@@ -552,6 +552,21 @@ static void emit_l2_step(qcow2_state *s, uint64_t gc, const qcow2_cinfo *ci, vdk
     vdk_emit_u64(e, "entry_offset", l2off + (idx << s->l2_entry_shift));
     emit_cinfo(s, ci, e);
     vdk_emit_close(e);
+}
+
+/* Decode the L2 entry of guest cluster gc in the table at l2off (of L1
+ * entry l1i), as a read through that L1 table would. */
+static int lookup_in(qcow2_state *s, uint64_t l1i, uint64_t l2off, uint64_t gc,
+                     qcow2_cinfo *ci, vdk_error *err)
+{
+    uint8_t *t;
+    int r = qcow2_l2_fetch(s, l1i, l2off, &t, err);
+    if (r < 0)
+        return r;
+    uint64_t word, bitmap;
+    qcow2_l2_entry_read(s, t, gc & ((UINT64_C(1) << s->l2_bits) - 1), &word, &bitmap);
+    qcow2_l2_put(s, &t);
+    return qcow2_decode(s, gc, word, bitmap, ci, err);
 }
 
 /* The last step: what a read of the byte at off returns from this layer. */
@@ -584,46 +599,64 @@ static void emit_result(qcow2_state *s, uint64_t off, int kind, const qcow2_cinf
     vdk_emit_close(e);
 }
 
+/* The subcluster step (extended L2) and the kind of the byte at off. */
+static int byte_kind(qcow2_state *s, uint64_t off, const qcow2_cinfo *ci, vdk_emitter *e)
+{
+    uint32_t sc = (uint32_t)(qcow2_offset_in_cluster(s, off) >> s->sc_bits);
+    int kind = ci->compressed ? QCOW2_COMPRESSED : (ci->alloc >> sc) & 1 ? QCOW2_DATA
+               : (ci->zero >> sc) & 1 ? QCOW2_ZERO : QCOW2_UNALLOC;
+    if (s->ext_l2 && !ci->compressed) {
+        vdk_emit_open(e, NULL);
+        vdk_emit_str(e, "structure", "subcluster bitmap");
+        vdk_emit_int(e, "index", sc);
+        vdk_emit_u64(e, "subcluster_size", UINT64_C(1) << s->sc_bits);
+        vdk_emit_str(e, "says", kind == QCOW2_DATA ? "allocated"
+                     : kind == QCOW2_ZERO ? "reads as zero" : "unallocated");
+        vdk_emit_close(e);
+    }
+    return kind;
+}
+
+/* args {guest_offset [, snapshot]}: through the active L1 table or a
+ * snapshot's. */
 static int q_explain(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitter *e,
                      vdk_error *err)
 {
     int64_t arg = qcow2_arg(args, nargs, 0, -1);
-    if (arg < 0 || (uint64_t)arg >= s->size)
+    qcow2_l1view v;
+    int r = qcow2_l1view_load(s, qcow2_arg(args, nargs, 1, -1), &v, err);
+    if (r < 0)
+        return r;
+    uint64_t limit = v.snap < 0 ? s->size : v.n * qcow2_l2_coverage(s);
+    if (arg < 0 || (uint64_t)arg >= limit) {
+        qcow2_l1view_free(&v);
         return vdk_fail(err, -EINVAL, "qcow2: guest offset %lld is outside the image (%llu "
-                        "bytes)", (long long)arg, (unsigned long long)s->size);
+                        "bytes)", (long long)arg, (unsigned long long)limit);
+    }
     uint64_t off = (uint64_t)arg, gc = off >> s->cluster_bits, l1i = gc >> s->l2_bits;
+    char owner[300];
+    vdk_emit_str(e, "owner", qcow2_owner_name(s, v.snap, owner, sizeof owner));
     vdk_emit_u64(e, "guest_offset", off);
     vdk_emit_u64(e, "cluster_size", s->cluster_size);
     vdk_emit_u64(e, "guest_cluster", gc);
     vdk_emit_list(e, "steps");
-    emit_l1_step(s, l1i, e);
+    emit_l1_step(s, &v, l1i, e);
     qcow2_cinfo ci;
     memset(&ci, 0, sizeof ci);
-    int kind = QCOW2_UNALLOC, r = 0;
-    uint64_t host = 0;
-    if (l1i < s->l1_size && (s->l1[l1i] & QCOW2_OFFSET_MASK)) {
-        r = qcow2_lookup(s, gc, &ci, err);
+    int kind = QCOW2_UNALLOC;
+    uint64_t l2off = l1i < v.n ? v.e[l1i] & QCOW2_OFFSET_MASK : 0;
+    qcow2_l1view_free(&v);
+    if (l2off) {
+        r = lookup_in(s, l1i, l2off, gc, &ci, err);
         if (r == 0) {
-            emit_l2_step(s, gc, &ci, e);
-            uint32_t sc = (uint32_t)(qcow2_offset_in_cluster(s, off) >> s->sc_bits);
-            kind = ci.compressed ? QCOW2_COMPRESSED : (ci.alloc >> sc) & 1 ? QCOW2_DATA
-                   : (ci.zero >> sc) & 1 ? QCOW2_ZERO : QCOW2_UNALLOC;
-            host = ci.host + qcow2_offset_in_cluster(s, off);
-            if (s->ext_l2 && !ci.compressed) {
-                vdk_emit_open(e, NULL);
-                vdk_emit_str(e, "structure", "subcluster bitmap");
-                vdk_emit_int(e, "index", sc);
-                vdk_emit_u64(e, "subcluster_size", UINT64_C(1) << s->sc_bits);
-                vdk_emit_str(e, "says", kind == QCOW2_DATA ? "allocated"
-                             : kind == QCOW2_ZERO ? "reads as zero" : "unallocated");
-                vdk_emit_close(e);
-            }
+            emit_l2_step(s, l2off, gc, &ci, e);
+            kind = byte_kind(s, off, &ci, e);
         }
     }
     vdk_emit_close(e);
     if (r < 0)
         return r;
-    emit_result(s, off, kind, &ci, host, e);
+    emit_result(s, off, kind, &ci, ci.host + qcow2_offset_in_cluster(s, off), e);
     return 0;
 }
 
@@ -644,7 +677,7 @@ static const struct {
     {"l1", q_l1, "[snapshot, first, count]"},
     {"l2", q_l2, "l1_index [, snapshot]"},
     {"refcount", q_refcount, "host_offset [, count]"},
-    {"explain", q_explain, "guest_offset"},
+    {"explain", q_explain, "guest_offset [, snapshot]"},
     {"refmap", qcow2_q_refmap, "host_offset [, max_references]"},
     {"stats", qcow2_q_stats, ""},
     {"layout", qcow2_q_layout, "[max_structures]"},

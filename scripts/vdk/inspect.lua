@@ -188,7 +188,8 @@ end
 
 -- One layer's answer for guest offset off: the driver's explain, or the
 -- obvious one for formats without inspection (raw: offset = offset).
-local function explain_layer(layer, off)
+local function explain_layer(layer, off, snap)
+  if snap then return layer:inspect("explain", off, snap) end
   if off >= layer.size then
     return { steps = {}, result = { kind = "past end", reads = ("zeros: the offset lies past the "
       .. "end of this layer (%d bytes)"):format(layer.size) } }
@@ -212,16 +213,21 @@ local function explain_layer(layer, off)
   }
 end
 
--- img:explain(offset) -> { offset, layers = {...}, answer = {...}, bytes }
-function methods.explain(img, offset)
+-- img:explain(offset [, {snapshot = id or name}]) -> { offset, layers = {...},
+-- answer = {...}, bytes }; with a snapshot, through the snapshot's L1 table
+-- (then down the backing chain), and bytes are not read.
+function methods.explain(img, offset, opts)
   offset = int_arg(offset, "explain", "offset") or misuse(2, "explain: offset required")
-  if offset >= img.size then
+  opts = opt_table(opts, "explain")
+  local snap, smsg, scode = snapshot_index(img, opts.snapshot, "explain")
+  if smsg then return nil, smsg, scode end
+  if offset >= img.size and not snap then
     misuse(2, "explain: offset %d lies past the end of the image (%d bytes)", offset, img.size)
   end
-  local out = { offset = offset, layers = {} }
+  local out = { offset = offset, layers = {}, snapshot = opts.snapshot }
   local layer, depth = img, 0
   while layer do
-    local t, msg, code = explain_layer(layer, offset)
+    local t, msg, code = explain_layer(layer, offset, depth == 0 and snap or nil)
     if not t then return nil, msg, code end
     t.depth, t.filename, t.format = depth, layer.filename, layer.format
     out.layers[#out.layers + 1] = t
@@ -238,9 +244,10 @@ function methods.explain(img, offset)
     end
     layer, depth = layer.backing, depth + 1
   end
-  local n = math.min(16, img.size - offset)
-  local bytes = img:read(offset, n)
-  if bytes then out.bytes = bytes end
+  if not snap then
+    local bytes = img:read(offset, math.min(16, img.size - offset))
+    if bytes then out.bytes = bytes end
+  end
   return typed(out, "explain")
 end
 

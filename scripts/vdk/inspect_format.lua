@@ -231,7 +231,8 @@ function render.l2(t)
 end
 
 function render.explain(t)
-  local out = { ("guest offset 0x%x (%d):"):format(t.offset, t.offset) }
+  local out = { ("guest offset 0x%x (%d)%s:"):format(t.offset, t.offset,
+    t.snapshot and (" in snapshot " .. tostring(t.snapshot)) or "") }
   for _, l in ipairs(t.layers) do
     out[#out + 1] = ("layer %d: %s (%s)"):format(l.depth, l.filename, l.format)
     for i, s in ipairs(l.steps or {}) do

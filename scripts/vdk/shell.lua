@@ -56,6 +56,7 @@ command line are open read-only as img (one) or img1, img2 ...
   img:header()            decoded header and feature bits
   img:l1() img:l2(i)      mapping tables (img:l2{guest_offset = N})
   img:explain(offset)     how a guest offset resolves, layer by layer
+                          (img:explain(offset, {snapshot = "name"}) in a snapshot)
   img:refcount(host)      refcount of a host cluster; img:refmap(host): who uses it
   img:snapshot_table()    internal snapshots; img:extensions(): header extensions
   img:chain()             the backing chain; img:allocation(): bytes by kind and layer
@@ -63,6 +64,7 @@ command line are open read-only as img (one) or img1, img2 ...
   img:hexdump(off, len [, {host = true}])   guest (or host file) bytes
   img:map_svg("map.svg")  a picture of the allocation map
   img:info() img:map()    as vdk info / vdk map
+  img:check()             as vdk check (a report table); img:snapshots(): the snapshots
   open(path [, opts])     open another image (read-only unless readonly = false)
   show(v)                 print a value the way results print
 Tab completes names, fields and methods; Ctrl-D leaves.]]
