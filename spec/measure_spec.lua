@@ -11,6 +11,8 @@ local ODD = dir .. "/odd.raw"
 X.sh("qemu-img create -q -f raw %s 1000000", U.q(ODD))
 X.sh("qemu-img create -q -f qcow2 -b m.raw -F raw %s", U.q(dir .. "/over.qcow2"))
 X.sh("qemu-io -c 'write -P 1 1M 64k' %s", U.q(dir .. "/over.qcow2"))
+local SNAP = X.mixed_qcow2(dir .. "/snap.qcow2", "8M")
+X.sh("qemu-img snapshot -c first %s && qemu-io -c 'write -P 7 3M 2M' %s", U.q(SNAP), U.q(SNAP))
 
 local CASES = {
   "--size 1G -O qcow2", "--size 1G -O raw", "--size 1000 -O raw", "--size 0 -O qcow2",
@@ -23,11 +25,12 @@ local CASES = {
   "-O qcow2 RAW", "-O raw RAW", "-O qcow2 QCOW", "-O raw QCOW", "QCOW", "-O qcow2 ODD",
   "-O qcow2 -o cluster_size=4k QCOW", "-O qcow2 -o preallocation=falloc RAW",
   "-O qcow2 -o backing_file=m.raw,backing_fmt=raw RAW", "-O qcow2 OVER", "-f qcow2 -O qcow2 QCOW",
+  "-O qcow2 SNAP", "-O qcow2 -l first SNAP", "-O raw -l snapshot.id=1 SNAP",
 }
 
 local function expand(case)
   return case:gsub("RAW", U.q(RAW)):gsub("QCOW", U.q(QCOW)):gsub("ODD", U.q(ODD))
-             :gsub("OVER", U.q(dir .. "/over.qcow2"))
+             :gsub("OVER", U.q(dir .. "/over.qcow2")):gsub("SNAP", U.q(SNAP))
 end
 
 -- vdk counts data clusters from its own block status; where that still
@@ -72,6 +75,7 @@ describe("vdk measure errors", function()
     { "--output=xml RAW", "--output must be used with human or json as argument." },
     { "-O qcow2 " .. dir .. "/missing.raw", "Could not open" },
     { "-O qcow2 -o bogus=1 --size 1G", "bogus" },
+    { "-O qcow2 -l nope SNAP", "Failed to load snapshot: Can't find snapshot" },
   }
   for _, e in ipairs(ERRORS) do
     it(e[1], function()

@@ -13,14 +13,14 @@ local measure = {
   name = "measure",
   summary = "size a new image would take, for an empty disk or a conversion",
   usage = "measure [--output=human|json] [-O fmt] [-o options] "
-    .. "[--size N | [-f fmt] [-U] filename]",
+    .. "[--size N | [-f fmt] [-l snapshot] [-U] filename]",
   help = [[
   --output=FMT        human (default) or json, as qemu-img measure prints
   -O FMT              format of the new image (default: raw)
   -o OPTIONS          its creation options (cluster_size, preallocation ...)
   --size N            measure an empty image of N bytes (suffixes k, M, G ...)
   -f FMT              format of filename (default: probe it)
-  -l SNAPSHOT         measure an internal snapshot (not supported yet)
+  -l SNAPSHOT         measure the internal snapshot SNAPSHOT of filename
   -U, --force-share   open filename even if another process writes it
   -h, --help          show this help
 
@@ -51,7 +51,6 @@ local function check(opts, operands)
     return nil, "--output must be used with human or json as argument."
   end
   if not C.known_format(c.format) then return nil, ("Unknown file format '%s'"):format(c.format) end
-  if opts.l then return nil, "Measuring an internal snapshot (-l) is not supported yet" end
   if #operands > 1 then return nil, "At most one filename argument is allowed.", "usage" end
   if opts.size and #operands == 1 then
     return nil, "--size N cannot be used together with a filename.", "usage"
@@ -79,6 +78,16 @@ function measure.run(opts, operands)
     local list, err = C.open_sources(operands, { format = opts.f, force_share = opts.U })
     if not list then return cli.fail("%s", err) end
     source = list[1]
+    if opts.l then
+      local S = require "vdk.snapshot"
+      local ref, lerr = S.parse_param(opts.l)
+      local ok = false
+      if ref then ok, lerr = S.load(source, ref) end
+      if not ok then
+        source:close()
+        return cli.fail("%s", lerr)
+      end
+    end
   end
   local m, err = vdk.measure{ format = c.format, size = c.size, source = source,
                               options = c.values }
