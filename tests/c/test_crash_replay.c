@@ -113,7 +113,8 @@ static struct {
     const char *only;
     int qemu_every;
     uint64_t target;
-} opt = {false, 3, 1, NULL, 40, 0};
+    uint64_t round; /* first round (each round has its own seeds) */
+} opt = {false, 3, 1, NULL, 40, 0, 0};
 
 static tc_set seen;
 static stats per_format[2]; /* qcow2, qed */
@@ -589,11 +590,13 @@ static void damage_qcow2(const char *path, int kind)
     uint64_t l2 = vdk_be64(b + l1) & L2_OFFSET_MASK, rb = vdk_be64(b + rt);
     unsigned step = (b[79] & 0x10) ? 16 : 8; /* extended L2 */
     uint64_t e0 = l2 ? vdk_be64(b + l2) : 0, h0 = e0 & L2_OFFSET_MASK;
-    if (!l2 || !h0 || l2 + 2 * step > len || rb + cs > len) {
+    uint64_t order = vdk_be32(b + 96), k = h0 / cs, last = len / cs;
+    /* A normal entry (not compressed) with its refcount in the first block. */
+    if (!l2 || !h0 || (e0 & (UINT64_C(1) << 62)) || l2 + 2 * step > len || rb + cs > len ||
+        h0 + cs > len || 2 * k >= cs || 2 * last >= cs) {
         free(b);
         return;
     }
-    uint64_t order = vdk_be32(b + 96), k = h0 / cs;
     if (kind == 1 && order == 4) /* refcount too high: a leak and a COPIED error */
         vdk_put_be16(b + rb + 2 * k, 2);
     else if (kind == 2) /* a cluster referenced twice */
@@ -601,7 +604,7 @@ static void damage_qcow2(const char *path, int kind)
     else if (kind == 3) /* COPIED flag cleared */
         vdk_put_be64(b + l2, e0 & ~(UINT64_C(1) << 63));
     else if (kind == 4 && order == 4) /* a leaked cluster at the end */
-        vdk_put_be16(b + rb + 2 * (len / cs - 1), 1);
+        vdk_put_be16(b + rb + 2 * (last - 1), 1);
     tc_spit(path, b, len);
     free(b);
 }
@@ -778,6 +781,8 @@ static void parse_args(int argc, char **argv)
             opt.only = argv[++i];
         } else if (!strcmp(argv[i], "--qemu-every") && i + 1 < argc) {
             opt.qemu_every = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--round") && i + 1 < argc) {
+            opt.round = strtoull(argv[++i], NULL, 0);
         } else if (!strcmp(argv[i], "--states") && i + 1 < argc) {
             opt.target = strtoull(argv[++i], NULL, 0);
         }
@@ -808,7 +813,7 @@ int main(int argc, char **argv)
     tc_init();
     printf("crash replay (seed %llu, %s)\n", (unsigned long long)opt.seed,
            opt.long_run ? "long" : "bounded");
-    uint64_t round = 0;
+    uint64_t round = opt.round;
     do {
         for (size_t i = 0; i < NCONFIGS && tc_failures < 20; i++) {
             const cfg *c = &CONFIGS[i];
