@@ -195,7 +195,7 @@ describe("vdk check on damaged qcow2 images", function()
     local raw = dir .. "/r.raw"
     U.must("qemu-img create -q -f raw %s 1M", U.q(raw))
     local code, _, err = U.vdk_cmd("check", "-f", "raw", raw)
-    assert.are.equal(1, code)
+    assert.are.equal(63, code)
     assert.truthy(err:find("does not support checks", 1, true), err)
   end)
 

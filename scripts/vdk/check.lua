@@ -31,6 +31,7 @@ function check.open(filename, opts)
     force_share = opts.force_share or false,
     backing = false,
     check = true,
+    allow_data_file = true, -- opened, never read: a check reads metadata only
   })
 end
 

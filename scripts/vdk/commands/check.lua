@@ -29,8 +29,8 @@ writes so that a crash during the repair leaves the image no worse than it
 was. Only metadata is read, never guest data.
 
 Exit status: 0 no problems, 1 the check could not complete (or usage
-error), 2 corruptions, 3 leaked clusters only. With -r, the status is the
-second check's (after the repair).
+error), 2 corruptions, 3 leaked clusters only, 63 the format has no
+check. With -r, the status is the second check's (after the repair).
 ]],
   options = {
     { short = "f", long = "format", value = true },
@@ -47,8 +47,13 @@ local function out(opts, text)
 end
 
 -- A check that could not complete: what it found, then the reason (as
--- qemu-img, no summary).
-local function failed(rep, msg)
+-- qemu-img, no summary). A format without checks exits with 63, as
+-- qemu-img does.
+local function failed(rep, msg, code)
+  if code == "UNSUPPORTED" then
+    cli.fail("%s", (msg:gsub("^.-: This image", "This image")))
+    return 63
+  end
   if rep and rep.problems then io.stderr:write(check.problems_text(rep)) end
   return cli.fail("Check failed: %s", msg)
 end
@@ -89,10 +94,10 @@ function cmd.run(opts, operands)
     format = opts.format, repair = repair and not dry, force_share = opts["force-share"],
   })
   if not img then return cli.fail_file(filename, msg) end
-  local rep, second, code -- luacheck: ignore code
+  local rep, second, code
   if dry then
     rep, msg, code, second = check.run(img, { repair = repair, dry_run = true })
-    if not rep then img:close(); return failed(second, msg) end
+    if not rep then img:close(); return failed(second, msg, code) end
     io.stderr:write(check.problems_text(rep))
     if output == "human" then out(opts, check.plan_text(rep)) end
     img:close()
@@ -100,7 +105,7 @@ function cmd.run(opts, operands)
   elseif repair then
     local partial
     rep, second, code, partial = check.repair(img, repair)
-    if not rep then img:close(); return failed(partial, second) end
+    if not rep then img:close(); return failed(partial, second, code) end
     io.stderr:write(check.problems_text(rep))
     if rep ~= second then
       if output == "human" then out(opts, check.repaired_text(rep)) end
@@ -108,7 +113,7 @@ function cmd.run(opts, operands)
     end
   else
     rep, msg, code, second = check.run(img)
-    if not rep then img:close(); return failed(second, msg) end
+    if not rep then img:close(); return failed(second, msg, code) end
     io.stderr:write(check.problems_text(rep))
     second = rep
   end
