@@ -7,11 +7,17 @@ local U = require "support.util"
 
 local function have(cmd) return U.run("command -v %s", cmd) end
 
+-- A private tmux server (own socket, no configuration), whatever the user runs.
+local SOCKET = "vdkspec" .. tostring(os.time()) .. tostring(math.random(1e6))
+local function tmux(fmt, ...)
+  return "TERM=xterm tmux -L " .. SOCKET .. " -f /dev/null " .. fmt:format(...)
+end
+
 -- Poll the pane until pattern appears (bounded: about 10 s).
 local function wait_for(session, pattern, plain)
   local screen
   for _ = 1, 100 do
-    screen = U.must("tmux capture-pane -p -t %s -S -200", session)
+    screen = U.must(tmux("capture-pane -p -t %s -S -200", session))
     if screen:find(pattern, 1, plain) then return screen end
     U.run("sleep 0.1")
   end
@@ -23,9 +29,9 @@ local KEY_NAMES = { Tab = true, Enter = true, Up = true, ["C-u"] = true, ["C-d"]
 local function keys(session, ...)
   for _, k in ipairs({ ... }) do
     if KEY_NAMES[k] then
-      U.must("tmux send-keys -t %s %s", session, k)
+      U.must(tmux("send-keys -t %s %s", session, k))
     else
-      U.must("tmux send-keys -t %s -l %s", session, U.q(k))
+      U.must(tmux("send-keys -t %s -l %s", session, U.q(k)))
     end
   end
 end
@@ -61,13 +67,13 @@ describe("vdk shell in a terminal", function()
 
   local function start()
     session = "vdkspec" .. tostring(os.time()) .. tostring(math.random(1e6))
-    U.must("cd %s && tmux new-session -d -s %s -x 150 -y 50 %s", U.q(dir), session,
-      U.q(("env VDK_HISTORY=%s TERM=xterm %s shell top.qcow2"):format(hist, vdk_bin)))
+    U.must("cd %s && " .. tmux("new-session -d -s %s -x 150 -y 50 %s", session,
+      U.q(("env VDK_HISTORY=%s TERM=xterm %s shell top.qcow2"):format(hist, vdk_bin))), U.q(dir))
     wait_for(session, "vdk>", true)
   end
 
   local function stop()
-    if session then U.run("tmux kill-session -t %s", session) end
+    if session then U.run(tmux("kill-server")) end
     session = nil
   end
   after_each(stop)
