@@ -421,6 +421,12 @@ static int rec_apply(lua_State *L)
     return 1;
 }
 
+typedef struct kept_log {
+    vdk_record *log;
+    struct kept_log *next;
+} kept_log;
+static kept_log *kept_logs; /* guarded by rules_lock */
+
 static int rec_gc(lua_State *L)
 {
     recorder **ud = luaL_checkudata(L, 1, RECORDER_MT);
@@ -430,10 +436,15 @@ static int rec_gc(lua_State *L)
     pthread_mutex_lock(&rules_lock);
     if (r->listed)
         recorder_unlist_locked(r);
+    /* Files still open may keep logging into the log: it is never freed,
+     * only kept reachable (a test process records little). */
+    kept_log *k = malloc(sizeof *k);
+    if (k) {
+        k->log = r->log;
+        k->next = kept_logs;
+        kept_logs = k;
+    }
     pthread_mutex_unlock(&rules_lock);
-    /* Files still open keep logging into r->log: release it only when none can
-     * be left, which the spec guarantees by closing its images first. */
-    vdk_record_free(r->log);
     free(r->path);
     free(r->contains);
     free(r);
