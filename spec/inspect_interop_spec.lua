@@ -310,3 +310,70 @@ describe("QED", function()
     assert.equal(0, rm.references[1].guest_offset)
   end)
 end)
+
+describe("inspection of damaged images", function()
+  -- Seeded damage to the metadata of small images; every query answers with
+  -- a table or nil, message, code (never a crash, a hang or a raise).
+  local function queries(img)
+    local calls = {
+      function() return img:header() end,
+      function() return img:extensions() end,
+      function() return img:snapshot_table() end,
+      function() return img:l1() end,
+      function() return img:stats() end,
+      function() return img:layout() end,
+      function() return img:allocation() end,
+    }
+    for i = 0, 3 do
+      calls[#calls + 1] = function() return img:l2(i) end
+      calls[#calls + 1] = function() return img:refmap(i * 65536) end
+      calls[#calls + 1] = function() return img:refcount(i * 65536) end
+    end
+    for _, off in ipairs({ 0, 65536, 1 << 20, img.size - 1 }) do
+      calls[#calls + 1] = function() return img:explain(off) end
+      calls[#calls + 1] = function() return img:l2{ guest_offset = off } end
+    end
+    for _, f in ipairs(calls) do
+      local ok, t, msg = pcall(f)
+      assert.truthy(ok, tostring(t))
+      assert.truthy(type(t) == "table" or type(msg) == "string", tostring(msg))
+      if type(t) == "table" then tostring(t) end
+    end
+  end
+
+  for _, fmt in ipairs({ "qcow2", "qed" }) do
+    it(fmt .. ": 60 mutants", function()
+      local good = ("%s/good.%s"):format(dir, fmt)
+      U.must("qemu-img create -q -f %s %s 4M", fmt, U.q(good))
+      U.must("qemu-io -f %s -c 'write -P 1 0 128k' -c 'write -z 1M 64k' %s", fmt, U.q(good))
+      if fmt == "qcow2" then
+        U.must("qemu-io -c 'write -c -P 2 2M 64k' %s && qemu-img snapshot -c s %s", U.q(good), U.q(good))
+      end
+      local data = U.read_file(good)
+      local limit = math.min(#data, 6 * 65536)
+      local seed = 12345
+      local function rand(n)
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        return seed % n
+      end
+      local bad = ("%s/bad.%s"):format(dir, fmt)
+      for _ = 1, 60 do
+        local bytes = { data:byte(1, -1) }
+        for _ = 1, 1 + rand(8) do
+          local at = 1 + rand(limit)
+          bytes[at] = rand(256)
+        end
+        local chunks = {}
+        for i = 1, #bytes, 4096 do
+          chunks[#chunks + 1] = string.char(table.unpack(bytes, i, math.min(i + 4095, #bytes)))
+        end
+        U.write_file(bad, table.concat(chunks))
+        local img = vdk.open(bad, { format = fmt, backing = false })
+        if img then
+          queries(img)
+          img:close()
+        end
+      end
+    end)
+  end
+end)

@@ -58,11 +58,16 @@ static int set_add(offset_set *t, uint64_t off)
 
 /* ---------------------------------------------------------------- refmap */
 
+/* L1 entries a scan visits at most over all L1 tables (a hostile image may
+ * have 65536 snapshots with huge tables); past it the answer says so. */
+#define SCAN_BUDGET (UINT64_C(1) << 26)
+
 typedef struct refmap {
     qcow2_state *s;
     vdk_emitter *e;
     uint64_t cstart, cend; /* the host cluster, in bytes */
-    uint64_t max, emitted, total, expected, invalid;
+    uint64_t max, emitted, total, expected, invalid, budget;
+    bool incomplete;       /* the budget ran out */
     offset_set seen;       /* L2 tables already scanned */
 } refmap;
 
@@ -170,19 +175,28 @@ static int refmap_l1(refmap *m, int64_t snap, vdk_error *err)
     qcow2_owner_name(s, v.snap, owner, sizeof owner);
     for (uint64_t i = 0; r == 0 && i < v.n; i++) {
         uint64_t off = v.e[i] & QCOW2_OFFSET_MASK;
+        if (m->budget == 0) {
+            m->incomplete = true;
+            break;
+        }
+        m->budget--;
         if (!off)
             continue;
         if (hits(m, off, s->cluster_size))
             add_ref(m, "L2 table", owner, off, s->cluster_size,
                     (int64_t)(i * qcow2_l2_coverage(s)), true);
+        /* A table shared with an owner scanned before holds the same data
+         * references (they count once): scan each table once. */
         int fresh = set_add(&m->seen, off);
         uint8_t *t;
         if (fresh < 0) {
             r = vdk_fail(err, -ENOMEM, "out of memory");
+        } else if (fresh == 0) {
+            continue;
         } else if (qcow2_l2_fetch(s, i, off, &t, NULL) < 0) {
             m->invalid++;
         } else {
-            refmap_entries(m, t, i, owner, fresh == 1);
+            refmap_entries(m, t, i, owner, true);
             qcow2_l2_put(s, &t);
         }
     }
@@ -196,7 +210,7 @@ int qcow2_q_refmap(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitte
     int64_t off = qcow2_arg(args, nargs, 0, -1), max = qcow2_arg(args, nargs, 1, 1000);
     if (off < 0 || (uint64_t)off >= QCOW2_MAX_HOST_OFFSET)
         return vdk_fail(err, -EINVAL, "qcow2: host offset %lld is invalid", (long long)off);
-    refmap m = {.s = s, .e = e, .max = max < 0 ? 0 : (uint64_t)max};
+    refmap m = {.s = s, .e = e, .max = max < 0 ? 0 : (uint64_t)max, .budget = SCAN_BUDGET};
     m.cstart = qcow2_cluster_offset(s, (uint64_t)off);
     m.cend = m.cstart + s->cluster_size;
     vdk_emit_u64(e, "cluster_offset", m.cstart);
@@ -218,6 +232,7 @@ int qcow2_q_refmap(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitte
     vdk_emit_u64(e, "refcount", rc);
     vdk_emit_bool(e, "truncated", m.total > m.emitted);
     vdk_emit_u64(e, "invalid_entries", m.invalid);
+    vdk_emit_bool(e, "incomplete", m.incomplete);
     return 0;
 }
 
@@ -258,22 +273,19 @@ static void stats_table(qcow2_state *s, const uint8_t *t, uint64_t l1i, stats *s
     }
 }
 
-/* End of the last cluster with a non-zero refcount. */
+/* End of the last cluster of the file with a non-zero refcount (as
+ * qemu-img check, which looks at the clusters of the file). */
 static int image_end(qcow2_state *s, uint64_t *end, vdk_error *err)
 {
     *end = 0;
-    for (uint64_t ti = s->rt_size; ti-- > 0;) {
-        if (!(s->rt[ti] & QCOW2_RT_OFFSET_MASK))
-            continue;
-        for (uint64_t i = UINT64_C(1) << s->rb_bits; i-- > 0;) {
-            uint64_t c = (ti << s->rb_bits) + i, rc;
-            int r = qcow2_refcount_get(s, c, &rc, err);
-            if (r < 0)
-                return r;
-            if (rc) {
-                *end = (c + 1) << s->cluster_bits;
-                return 0;
-            }
+    for (uint64_t c = qcow2_size_to_clusters(s, s->file_size); c-- > 0;) {
+        uint64_t rc;
+        int r = qcow2_refcount_get(s, c, &rc, err);
+        if (r < 0)
+            return r;
+        if (rc) {
+            *end = (c + 1) << s->cluster_bits;
+            return 0;
         }
     }
     return 0;
@@ -284,10 +296,12 @@ int qcow2_q_stats(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitter
 {
     stats st;
     memset(&st, 0, sizeof st);
+    offset_set seen = {0};
     for (uint64_t i = 0; i < s->l1_size; i++) {
         uint64_t off = s->l1[i] & QCOW2_OFFSET_MASK;
         uint8_t *t;
-        if (!off)
+        /* A table listed twice (a damaged L1) is counted once. */
+        if (!off || set_add(&seen, off) <= 0)
             continue;
         if (qcow2_l2_fetch(s, i, off, &t, NULL) < 0) {
             st.invalid++;
@@ -297,6 +311,7 @@ int qcow2_q_stats(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitter
         stats_table(s, t, i, &st);
         qcow2_l2_put(s, &t);
     }
+    free(seen.slot);
     uint64_t end;
     int r = image_end(s, &end, err);
     if (r < 0)
@@ -318,7 +333,7 @@ int qcow2_q_stats(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitter
 
 typedef struct layout {
     vdk_emitter *e;
-    uint64_t max, n;
+    uint64_t max, n, budget;
 } layout;
 
 static void lay(layout *l, const char *what, uint64_t off, uint64_t len, const char *owner)
@@ -350,6 +365,12 @@ static int lay_l2(qcow2_state *s, layout *l, int64_t snap, offset_set *seen, vdk
     int r = qcow2_l1view_load(s, snap, &v, err);
     char owner[300];
     qcow2_owner_name(s, v.snap, owner, sizeof owner);
+    if (r == 0 && v.n > l->budget) {
+        l->n = l->max + 1; /* truncated */
+        r = 1;
+    }
+    if (r == 0)
+        l->budget -= v.n;
     for (uint64_t i = 0; r == 0 && i < v.n; i++) {
         uint64_t off = v.e[i] & QCOW2_OFFSET_MASK;
         int fresh = off ? set_add(seen, off) : 0;
@@ -366,7 +387,7 @@ int qcow2_q_layout(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitte
                    vdk_error *err)
 {
     int64_t max = qcow2_arg(args, nargs, 0, 100000);
-    layout l = {.e = e, .max = max < 0 ? 0 : (uint64_t)max};
+    layout l = {.e = e, .max = max < 0 ? 0 : (uint64_t)max, .budget = SCAN_BUDGET};
     char owner[300];
     vdk_emit_list(e, "structures");
     lay(&l, "header", 0, s->cluster_size, NULL);
@@ -385,6 +406,8 @@ int qcow2_q_layout(qcow2_state *s, const int64_t *args, size_t nargs, vdk_emitte
     int r = 0;
     for (int64_t i = -1; r == 0 && i < (int64_t)s->nb_snapshots; i++)
         r = lay_l2(s, &l, i, &seen, err);
+    if (r > 0)
+        r = 0; /* the budget ran out: truncated */
     free(seen.slot);
     vdk_emit_close(e);
     vdk_emit_u64(e, "count", l.n);

@@ -35,6 +35,13 @@ int qcow2_l1view_load(qcow2_state *s, int64_t snap, qcow2_l1view *v, vdk_error *
     v->n = snap < 0 ? s->l1_size : s->snaps[snap].l1_size;
     v->offset = snap < 0 ? s->l1_offset : s->snaps[snap].l1_offset;
     v->snap = snap < 0 ? -1 : (int)snap;
+    /* A snapshot's table may come from a damaged entry (images opened for
+     * checking): bound it by the format's limit and the file. */
+    if (snap >= 0 && (v->n * 8 > QCOW2_MAX_L1_BYTES || v->offset > s->file_size ||
+                      v->n * 8 > s->file_size - v->offset))
+        return vdk_fail(err, VDK_ECORRUPT, "qcow2: snapshot %lld: L1 table at 0x%llx (%llu "
+                        "entries) lies outside the file", (long long)snap,
+                        (unsigned long long)v->offset, (unsigned long long)v->n);
     v->e = calloc(v->n ? v->n : 1, 8);
     if (!v->e)
         return vdk_fail(err, -ENOMEM, "out of memory");

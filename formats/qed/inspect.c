@@ -271,6 +271,10 @@ static uint64_t refmap_table(qed_state *s, const uint8_t *t, uint64_t l1i, uint6
     return n;
 }
 
+/* L2 entries a reverse map reads at most (2^28: 16 TiB of 64 KiB clusters);
+ * a damaged L1 table listing one L2 table many times cannot make it hang. */
+#define REFMAP_BUDGET (UINT64_C(1) << 28)
+
 static int q_refmap(qed_state *s, const int64_t *args, size_t nargs, vdk_emitter *e,
                     vdk_error *err)
 {
@@ -284,11 +288,18 @@ static int q_refmap(qed_state *s, const int64_t *args, size_t nargs, vdk_emitter
         emit_ref(e, "header", 0, qed_header_end(s), -1);
     if (overlaps(s->l1_offset, s->table_bytes, c, s->cluster_size) && ++n)
         emit_ref(e, "L1 table", s->l1_offset, s->table_bytes, -1);
+    uint64_t budget = REFMAP_BUDGET;
+    bool incomplete = false;
     for (uint64_t i = 0; i < s->table_entries; i++) {
         uint64_t off = vdk_le64(&s->l1[i]);
         uint8_t *t;
         if (!off)
             continue;
+        if (budget < s->table_entries) {
+            incomplete = true;
+            break;
+        }
+        budget -= s->table_entries;
         if (overlaps(off, s->table_bytes, c, s->cluster_size) && ++n)
             emit_ref(e, "L2 table", off, s->table_bytes, (int64_t)(i * qed_l2_coverage(s)));
         if (qed_l2_get(s, i, &t, NULL) < 0) {
@@ -301,6 +312,7 @@ static int q_refmap(qed_state *s, const int64_t *args, size_t nargs, vdk_emitter
     vdk_emit_close(e);
     vdk_emit_u64(e, "count", n);
     vdk_emit_u64(e, "invalid_tables", bad);
+    vdk_emit_bool(e, "incomplete", incomplete);
     return 0;
 }
 
