@@ -245,16 +245,49 @@ static int validate_entry(qcow2_state *s, uint32_t i, vdk_error *err)
                         "qcow2: snapshot '%s' (ID %s): L1 table at 0x%llx overlaps the header, "
                         "the active L1 table, the refcount table or the snapshot table",
                         sn->name, sn->id, (unsigned long long)sn->l1_offset);
-    for (uint32_t j = 0; j < i; j++) {
-        const qcow2_snapshot *o = &s->snaps[j];
-        if (strcmp(o->id, sn->id) == 0)
+    return 0;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    return strcmp((*(qcow2_snapshot *const *)a)->id, (*(qcow2_snapshot *const *)b)->id);
+}
+
+static int cmp_l1(const void *a, const void *b)
+{
+    uint64_t x = (*(qcow2_snapshot *const *)a)->l1_offset;
+    uint64_t y = (*(qcow2_snapshot *const *)b)->l1_offset;
+    return x < y ? -1 : x > y;
+}
+
+/* Duplicate IDs and overlapping L1 tables: sorted, neighbours compared
+ * (O(n log n), whatever the table holds). */
+static int validate_pairs(qcow2_state *s, qcow2_snapshot **v, vdk_error *err)
+{
+    uint32_t n = s->nb_snapshots;
+    for (uint32_t i = 0; i < n; i++)
+        v[i] = &s->snaps[i];
+    qsort(v, n, sizeof *v, cmp_id);
+    for (uint32_t i = 1; i < n; i++)
+        if (strcmp(v[i - 1]->id, v[i]->id) == 0)
             return vdk_fail(err, VDK_ECORRUPT,
-                            "qcow2: snapshot table has two entries with ID '%s' (%u and %u)",
-                            sn->id, j, i);
-        if (overlap(sn->l1_offset, len, o->l1_offset, (uint64_t)o->l1_size * 8))
+                            "qcow2: snapshot table has two entries with ID '%s' ('%s' and '%s')",
+                            v[i]->id, v[i - 1]->name, v[i]->name);
+    qsort(v, n, sizeof *v, cmp_l1);
+    uint64_t end = 0;
+    const qcow2_snapshot *last = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t len = (uint64_t)v[i]->l1_size * 8;
+        if (!len)
+            continue;
+        if (last && v[i]->l1_offset < end)
             return vdk_fail(err, VDK_ECORRUPT,
                             "qcow2: the L1 tables of snapshots '%s' and '%s' overlap at 0x%llx",
-                            o->name, sn->name, (unsigned long long)sn->l1_offset);
+                            last->name, v[i]->name, (unsigned long long)v[i]->l1_offset);
+        if (v[i]->l1_offset + len > end) {
+            end = v[i]->l1_offset + len;
+            last = v[i];
+        }
     }
     return 0;
 }
@@ -266,7 +299,14 @@ int qcow2_snapshots_validate(qcow2_state *s, vdk_error *err)
         if (r < 0)
             return r;
     }
-    return 0;
+    if (s->nb_snapshots < 2)
+        return 0;
+    qcow2_snapshot **v = malloc(s->nb_snapshots * sizeof *v);
+    if (!v)
+        return vdk_fail(err, -ENOMEM, "out of memory");
+    int r = validate_pairs(s, v, err);
+    free(v);
+    return r;
 }
 
 /* ---------------------------------------------------------------- lookups */

@@ -129,7 +129,8 @@ static void run(const char *label, const char *opts, uint64_t cs, uint64_t seed)
 {
     int before = tq_failures;
     char out[4096], ctx[128];
-    const char *path = tq_path("s.qcow2");
+    char path[512]; /* tq_path's buffers rotate: keep a copy */
+    snprintf(path, sizeof path, "%s", tq_path("s.qcow2"));
     unlink(path);
     TQ_CHECK(tq_sh(out, sizeof out, "qemu-img create -f qcow2 -o %s '%s' %u", opts, path, SIZE) ==
                  0,

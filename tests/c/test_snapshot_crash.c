@@ -8,7 +8,8 @@
  * interval between two flushes, random subsets of its writes in random
  * order on top of everything before it (a disk that reorders writes between
  * flushes). Every state must:
- *   - pass `qemu-img check` with no error (leaked clusters are allowed);
+ *   - pass `qemu-img check` and vdk's check with no error (leaked clusters
+ *     are allowed);
  *   - open in vdk and hold either the old snapshot list or the new one,
  *     never anything else;
  *   - read, for the current disk and for every snapshot it lists, exactly
@@ -128,9 +129,39 @@ static void check_state(opctx *o, const size_t *idx, size_t n, const char *how)
     o->states++;
     int st = tq_sh(out, sizeof out, "qemu-img check -f qcow2 '%s'", crash);
     if (st != 0 && st != 3) {
+        if (getenv("SNAP_KEEP")) {
+            char cmd[1024];
+            snprintf(cmd, sizeof cmd, "cp '%s' /tmp/snapfail.qcow2", crash);
+            if (system(cmd)) {}
+            for (size_t i = 0; i < n; i++) {
+                struct vdk_record_entry e = {0};
+                vdk_record_entry(rec, idx[i], &e);
+                fprintf(stderr, "  [%zu] kind %d off 0x%llx len %llu\n", idx[i], e.kind,
+                        (unsigned long long)e.off, (unsigned long long)e.len);
+            }
+        }
         TQ_CHECK(0, "%s: crash state (%s, %zu entries) is corrupt:\n%s", o->label, how, n, out);
         o->bad++;
         return;
+    }
+    /* vdk's own check must agree: no corruption. */
+    vdk_image *ci = NULL;
+    vdk_open_opts oo = {.format = "qcow2", .flags = VDK_OPEN_CHECK, .cache = VDK_CACHE_WRITEBACK};
+    if (vdk_image_open(crash, &oo, &ci, &err) == 0) {
+        vdk_check_report rep;
+        memset(&rep, 0, sizeof rep);
+        int r = vdk_image_check(ci, 0, &rep, &err);
+        if (r < 0 || rep.corruptions || rep.check_errors) {
+            TQ_CHECK(0, "%s: crash state (%s, %zu entries): vdk check finds %llu corruptions "
+                        "(%s)", o->label, how, n, (unsigned long long)rep.corruptions,
+                     rep.nproblems ? rep.problems[0].message : err.msg);
+            o->bad++;
+        }
+        vdk_check_report_free(&rep);
+        vdk_image_close(ci, NULL);
+    } else {
+        TQ_CHECK(0, "%s: crash state (%s): vdk check cannot open it: %s", o->label, how, err.msg);
+        o->bad++;
     }
     view v;
     if (read_view(crash, &v, why, sizeof why) < 0) {
@@ -224,7 +255,8 @@ static void run_op(const char *cfg, const char *path, int op, const char *name, 
     static const char *const opname[] = {"create", "create+state", "apply", "delete"};
     char label[96], why[600], out[512];
     snprintf(label, sizeof label, "%s %s %s", cfg, opname[op], name);
-    const char *start = tq_path("start.qcow2");
+    char start[512]; /* tq_path's buffers rotate: keep a copy */
+    snprintf(start, sizeof start, "%s", tq_path("start.qcow2"));
     tq_sh(out, sizeof out, "cp '%s' '%s'", path, start);
     view before, after;
     if (read_view(path, &before, why, sizeof why) < 0) {
@@ -255,7 +287,8 @@ static void run_op(const char *cfg, const char *path, int op, const char *name, 
 static void run_cfg(const char *cfg, const char *opts, uint64_t seed)
 {
     char out[4096];
-    const char *path = tq_path("c.qcow2");
+    char path[512];
+    snprintf(path, sizeof path, "%s", tq_path("c.qcow2"));
     unlink(path);
     int st = tq_sh(out, sizeof out, "qemu-img create -f qcow2 -o %s '%s' %u && "
                                     "qemu-io -c 'write -P 1 0 768k' -c 'write -P 2 1M 256k' '%s' && "
@@ -283,6 +316,7 @@ int main(int argc, char **argv)
     tq_fill(state_data, STATE_LEN, seed);
     run_cfg("64k", "cluster_size=65536", seed);
     run_cfg("4k", "cluster_size=4096", seed + 10);
+    run_cfg("512 (many tables)", "cluster_size=512", seed + 20);
     free(state_data);
     return tq_finish("test_snapshot_crash");
 }
