@@ -46,12 +46,11 @@ local function same_views(dir, path, names, ctx)
   end
 end
 
+-- (More layouts: tests/c/test_snapshot_basic.c.)
 local LAYOUTS = {
   { "64k clusters", "cluster_size=64k" },
-  { "4k clusters", "cluster_size=4k" },
-  { "v2 (compat 0.10)", "compat=0.10" },
-  { "extended L2", "extended_l2=on,cluster_size=64k" },
-  { "lazy refcounts", "lazy_refcounts=on" },
+  { "v2 (compat 0.10), 4k clusters", "compat=0.10,cluster_size=4k" },
+  { "extended L2, lazy refcounts", "extended_l2=on,cluster_size=64k,lazy_refcounts=on" },
 }
 
 describe("vdk snapshot against qemu-img", function()

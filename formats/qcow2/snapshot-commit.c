@@ -49,6 +49,7 @@ typedef struct plan {
     uint64_t l1_off, tab_off, tab_size, rt_off;
     uint32_t rt_clusters;
     uint64_t *rt;      /* the new refcount table */
+    uint64_t min_freed; /* lowest cluster the deltas free (UINT64_MAX: none) */
 } plan;
 
 void qcow2_txn_init(qcow2_state *s, qcow2_txn *t)
@@ -237,6 +238,8 @@ static int check_one(uint64_t c, int32_t delta, void *ctx)
                                        "match its references (change %d)",
                                        (unsigned long long)(c << s->cluster_bits),
                                        (unsigned long long)live, (int)delta);
+    if (f == 0 && c < k->p->min_freed)
+        k->p->min_freed = c;
     if ((uint64_t)f > s->refcount_max)
         return vdk_fail(k->err, -ERANGE,
                         "qcow2: cluster 0x%llx would have %lld references, more than %u-bit "
@@ -489,7 +492,8 @@ static int switch_to(qcow2_state *s, qcow2_txn *t, plan *p, old_state *o, vdk_er
         t->snaps = NULL;
         t->nsnaps = 0;
     }
-    s->free_hint = 0;
+    if (p->min_freed < s->free_hint) /* allocation keeps its place otherwise */
+        s->free_hint = p->min_freed;
     s->free_byte_offset = 0;
     if (s->img)
         vdk_image_set_size(s->img, s->size);
@@ -550,7 +554,7 @@ static int free_old(qcow2_state *s, qcow2_txn *t, plan *p, const old_state *o,
 
 int qcow2_txn_commit(qcow2_state *s, qcow2_txn *t, vdk_error *err)
 {
-    plan p = {0};
+    plan p = {.min_freed = UINT64_MAX};
     check_ctx k = {s, &p, {0}, err};
     int r = decide(s, t, &p, err);
     if (r == 0)
