@@ -251,6 +251,17 @@ static int scan_entry(qc_check *c, l2ctx *x, uint64_t i, uint64_t w, uint64_t b,
     return host_entry(c, x, i, w, b, err);
 }
 
+static bool all_zero(const uint8_t *p, size_t len)
+{
+    uint64_t acc = 0;
+    for (size_t i = 0; i < len; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        acc |= v;
+    }
+    return acc == 0;
+}
+
 static int scan_l2(qc_check *c, uint64_t l2_off, bool active, vdk_error *err)
 {
     qcow2_state *s = c->s;
@@ -264,9 +275,19 @@ static int scan_l2(qc_check *c, uint64_t l2_off, bool active, vdk_error *err)
     l2ctx x = {.l2_off = l2_off, .active = active};
     uint64_t n = UINT64_C(1) << s->l2_bits;
     for (uint64_t i = 0; i < n && r == 0; i++) {
+        if ((i & 7) == 0 && i + 8 <= n && all_zero(c->buf + (i << s->l2_entry_shift),
+                                                   8 << s->l2_entry_shift)) {
+            i += 7; /* eight unallocated entries: most of a sparse image */
+            continue;
+        }
         const uint8_t *e = c->buf + (i << s->l2_entry_shift);
-        uint64_t w = vdk_be64(e), b = s->ext_l2 ? vdk_be64(e + 8) : 0;
-        r = scan_entry(c, &x, i, w, b, err);
+        uint64_t w, b = 0;
+        memcpy(&w, e, 8);
+        if (s->ext_l2)
+            memcpy(&b, e + 8, 8);
+        if (!w && !b)
+            continue; /* unallocated: most entries of a sparse image */
+        r = scan_entry(c, &x, i, vdk_be64(&w), vdk_be64(&b), err);
     }
     return r;
 }
