@@ -15,19 +15,18 @@
  *     of a cluster the image does not count as used);
  *  3. allocates the new clusters through the live allocator (their
  *     refcounts land in the live blocks: if we crash, they are leaks);
- *  4. flushes, then writes the table copies, the new L1 table, the new
- *     snapshot table, copies of the refcount blocks with the deltas applied
- *     and a new refcount table pointing at them, and flushes again;
- *  5. switches: one write of header bytes 24-71, then a flush;
- *  6. frees, through the new live structures, what nothing references any
- *     more (old L1, refcount table and blocks, snapshot table, and what the
- *     operation named); the image's next flush writes that (a crash before
- *     it leaks those clusters).
- * Three flushes in all (qemu-img snapshot takes seven): before the switch,
- * after it, and the image's own when it is closed.
+ *  4. writes the table copies, the new L1 table, the new snapshot table,
+ *     copies of the refcount blocks with the deltas applied and a new
+ *     refcount table pointing at them, and flushes;
+ *  5. switches: one write of header bytes 24-71, then a flush.
+ * What nothing references after the switch (the old L1, refcount and
+ * snapshot tables, the refcount blocks replaced, what the operation named)
+ * loses its reference in the same switch, through the deltas: nothing is
+ * written after it. Two flushes in all (qemu-img snapshot takes seven):
+ * before the switch and after it.
  *
  * A crash before step 5 leaves the old image plus leaked clusters; after
- * it, the new image plus leaked clusters. Refcounts and flags agree in both.
+ * it, the new image, exact. Refcounts and flags agree in both.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -246,9 +245,53 @@ static int check_one(uint64_t c, int32_t delta, void *ctx)
                         "refcounts hold",
                         (unsigned long long)(c << s->cluster_bits), (long long)f,
                         1u << s->refcount_order);
-    if (add_block(k->p, c >> s->rb_bits) < 0)
-        return vdk_fail(k->err, -ENOMEM, "out of memory");
     return 0;
+}
+
+static int range_delta(qcow2_state *s, qcow2_deltas *d, uint64_t off, uint64_t len,
+                       vdk_error *err)
+{
+    if (!len)
+        return 0;
+    uint64_t last = (off + len - 1) >> s->cluster_bits;
+    for (uint64_t c = off >> s->cluster_bits; c <= last; c++) {
+        int r = qcow2_deltas_add(d, c, -1, err);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/*
+ * What the switch leaves unreferenced loses its reference in the same
+ * switch: the old L1 table, snapshot table and refcount table, what the
+ * operation named, and the refcount blocks the new ones replace (which can
+ * in turn touch more blocks: repeated until no new block is touched). So
+ * nothing is left to free, and nothing to write, after the switch.
+ */
+static int fold_frees(qcow2_state *s, qcow2_txn *t, plan *p, vdk_error *err)
+{
+    int r = s->l1_size ? range_delta(s, &t->d, s->l1_offset, (uint64_t)s->l1_size * 8, err) : 0;
+    if (r == 0 && t->new_table && s->nb_snapshots)
+        r = range_delta(s, &t->d, s->snapshots_offset, s->snapshots_size, err);
+    for (size_t i = 0; r == 0 && i < t->npost; i++)
+        r = range_delta(s, &t->d, t->post[i].off, t->post[i].len, err);
+    if (r == 0 && t->drop_l1_size)
+        r = qcow2_deltas_add_l1(s, &t->d, t->drop_l1, t->drop_l1_size, -1, err);
+    if (r == 0)
+        r = range_delta(s, &t->d, s->rt_offset, (uint64_t)s->rt_clusters << s->cluster_bits,
+                        err);
+    uint32_t shift = s->rb_bits - t->d.chunk_bits;
+    for (size_t i = 0; r == 0 && i < t->d.cap; i++)
+        if (t->d.keys[i] && add_block(p, (t->d.keys[i] - 1) >> shift) < 0)
+            r = vdk_fail(err, -ENOMEM, "out of memory");
+    for (size_t k = 0; r == 0 && k < p->nblk; k++) {
+        uint64_t old = s->rt[p->blk[k]] & QCOW2_RT_OFFSET_MASK;
+        r = qcow2_deltas_add(&t->d, old >> s->cluster_bits, -1, err);
+        if (r == 0 && add_block(p, old >> s->cluster_bits >> s->rb_bits) < 0)
+            r = vdk_fail(err, -ENOMEM, "out of memory");
+    }
+    return r;
 }
 
 /* ---------------------------------------------------------------- allocation */
@@ -504,59 +547,13 @@ static int switch_to(qcow2_state *s, qcow2_txn *t, plan *p, old_state *o, vdk_er
     return r < 0 ? qcow2_set_broken(s, r) : 0;
 }
 
-/* ---------------------------------------------------------------- frees */
-
-/* One reference less for the table at off and everything it references. */
-static int drop_table(qcow2_state *s, uint64_t off, uint8_t *buf, vdk_error *err)
-{
-    int r = vdk_file_pread(s->file, buf, s->cluster_size, off, err);
-    uint64_t n = UINT64_C(1) << s->l2_bits;
-    for (uint64_t i = 0; r == 0 && i < n; i++) {
-        uint64_t w, b, coff, clen;
-        qcow2_l2_entry_read(s, buf, i, &w, &b);
-        if (w & QCOW2_OFLAG_COMPRESSED) {
-            qcow2_compressed_range(s, w, &coff, &clen);
-            r = qcow2_free_now(s, coff, clen, err);
-        } else if (w & QCOW2_OFFSET_MASK) {
-            r = qcow2_free_now(s, w & QCOW2_OFFSET_MASK, s->cluster_size, err);
-        }
-    }
-    if (r == 0)
-        r = qcow2_free_now(s, off, s->cluster_size, err);
-    return r;
-}
-
-/* Step 6. */
-static int free_old(qcow2_state *s, qcow2_txn *t, plan *p, const old_state *o,
-                    uint64_t *old_blocks, vdk_error *err)
-{
-    uint64_t cs = s->cluster_size;
-    int r = 0;
-    if (o->l1_size)
-        r = qcow2_free_now(s, o->l1_offset, (uint64_t)o->l1_size * 8, err);
-    if (r == 0)
-        r = qcow2_free_now(s, o->rt_offset, (uint64_t)o->rt_clusters << s->cluster_bits, err);
-    for (size_t i = 0; r == 0 && i < p->nblk; i++)
-        r = qcow2_free_now(s, old_blocks[i], cs, err);
-    if (r == 0 && t->new_table && o->nb_snapshots)
-        r = qcow2_free_now(s, o->snapshots_offset, o->snapshots_size, err);
-    for (size_t i = 0; r == 0 && i < t->npost; i++)
-        r = qcow2_free_now(s, t->post[i].off, t->post[i].len, err);
-    uint8_t *buf = t->drop_l1_size ? malloc(cs) : NULL;
-    if (t->drop_l1_size && !buf)
-        r = vdk_fail(err, -ENOMEM, "out of memory");
-    for (uint32_t i = 0; r == 0 && i < t->drop_l1_size; i++)
-        if (t->drop_l1[i] & QCOW2_OFFSET_MASK)
-            r = drop_table(s, t->drop_l1[i] & QCOW2_OFFSET_MASK, buf, err);
-    free(buf);
-    return r; /* written by the image's next flush (a crash before: leaks) */
-}
-
 int qcow2_txn_commit(qcow2_state *s, qcow2_txn *t, vdk_error *err)
 {
     plan p = {.min_freed = UINT64_MAX};
     check_ctx k = {s, &p, {0}, err};
-    int r = decide(s, t, &p, err);
+    int r = fold_frees(s, t, &p, err);
+    if (r == 0)
+        r = decide(s, t, &p, err);
     if (r == 0)
         r = qcow2_deltas_each(&t->d, check_one, &k);
     qcow2_rc_cursor_put(s, &k.c);
@@ -567,20 +564,9 @@ int qcow2_txn_commit(qcow2_state *s, qcow2_txn *t, vdk_error *err)
         if (r < 0)
             unallocate(s, &p, t);
     }
-    uint64_t *old_blocks = NULL;
-    if (r == 0) {
-        old_blocks = calloc(p.nblk ? p.nblk : 1, 8);
-        for (size_t i = 0; old_blocks && i < p.nblk; i++)
-            old_blocks[i] = s->rt[p.blk[i]] & QCOW2_RT_OFFSET_MASK;
-        if (!old_blocks)
-            r = vdk_fail(err, -ENOMEM, "out of memory");
-    }
     old_state o;
     if (r == 0)
         r = switch_to(s, t, &p, &o, err);
-    if (r == 0)
-        r = free_old(s, t, &p, &o, old_blocks, err);
-    free(old_blocks);
     plan_free(&p);
     return r;
 }
