@@ -84,18 +84,44 @@ static int mismatch(qc_check *c, uint64_t k, uint64_t d, uint64_t ref, uint64_t 
     return 0;
 }
 
-/* One pass over the clusters; report says whether to record mismatches. */
-static int compare_pass(qc_check *c, bool report, vdk_error *err)
+/* The refcounts of the block in c->rbbuf for clusters [first, first+n), into d. */
+static void decode_block(const qc_check *c, uint64_t n, uint64_t *d)
+{
+    const uint8_t *b = c->rbbuf;
+    switch (c->s->refcount_order) {
+    case 4:
+        for (uint64_t i = 0; i < n; i++)
+            d[i] = (uint64_t)b[2 * i] << 8 | b[2 * i + 1];
+        break;
+    case 3:
+        for (uint64_t i = 0; i < n; i++)
+            d[i] = b[i];
+        break;
+    default:
+        for (uint64_t i = 0; i < n; i++)
+            d[i] = qcow2_rb_get(c->s, b, i);
+    }
+}
+
+/* One pass over the clusters; report says whether to record mismatches.
+ * Returns the mismatches found (>= 0) or an error. */
+static int64_t compare_pass(qc_check *c, bool report, uint64_t *d, vdk_error *err)
 {
     qcow2_state *s = c->s;
     uint64_t per = UINT64_C(1) << s->rb_bits;
+    int64_t found = 0;
     for (uint64_t ti = 0; ti * per < c->nb; ti++) {
         bool have;
+        uint64_t first = ti * per, n = c->nb - first < per ? c->nb - first : per;
         int r = load_block(c, ti, &have, err);
         if (r < 0 && r != -EIO)
             return r;
-        for (uint64_t k = ti * per; k < c->nb && k < (ti + 1) * per; k++) {
-            uint64_t ref = c->ref[k], d = have ? qcow2_rb_get(s, c->rbbuf, k - ti * per) : 0;
+        if (have)
+            decode_block(c, n, d);
+        else
+            memset(d, 0, n * sizeof *d);
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t k = first + i, ref = c->ref[k];
             if (r == -EIO) {
                 if (report) {
                     c->check_errors++;
@@ -106,30 +132,41 @@ static int compare_pass(qc_check *c, bool report, vdk_error *err)
                 continue;
             }
             if (!report) {
-                if (d != ref && d == 0)
+                found += d[i] != ref;
+                if (d[i] != ref && d[i] == 0)
                     c->rebuild = true;
-                if (d || ref)
+                if (d[i] || ref)
                     c->highest = k;
+                if (d[i] == 1) /* final, unless the report pass says otherwise */
+                    c->flags[k] |= QC_F_ONE;
                 continue;
             }
-            uint64_t final = d;
-            if (d != ref && (r = mismatch(c, k, d, ref, &final, err)) < 0)
+            uint64_t final = d[i];
+            if (d[i] != ref && (r = mismatch(c, k, d[i], ref, &final, err)) < 0)
                 return r;
             if (c->rebuild && c->fix_errors)
                 final = ref;
-            if (final == 1)
-                c->flags[k] |= QC_F_ONE;
+            c->flags[k] = (uint8_t)((c->flags[k] & ~QC_F_ONE) | (final == 1 ? QC_F_ONE : 0));
         }
     }
-    return 0;
+    return found;
 }
 
+/* A first pass finds whether anything differs (and whether a rebuild is
+ * needed); only then does a second one report and plan. */
 int qc_compare(qc_check *c, vdk_error *err)
 {
-    int r = compare_pass(c, false, err);
-    if (r == 0)
-        r = compare_pass(c, true, err);
-    return r;
+    uint64_t *d = malloc(((size_t)1 << c->s->rb_bits) * sizeof *d);
+    if (!d)
+        return vdk_fail(err, -ENOMEM, "out of memory");
+    int64_t r = compare_pass(c, false, d, err);
+    bool unreadable = false;
+    for (uint64_t i = 0; r == 0 && i < c->s->rt_size && !unreadable; i++)
+        unreadable = (c->s->rt[i] & QCOW2_RT_OFFSET_MASK) & (c->s->cluster_size - 1);
+    if (r > 0 || unreadable)
+        r = compare_pass(c, true, d, err);
+    free(d);
+    return r < 0 ? (int)r : 0;
 }
 
 /* ---------------------------------------------------------------- COPIED */

@@ -55,6 +55,12 @@ static bool in_file(const qc_check *c, uint64_t off, uint64_t len)
 static int inc(qc_check *c, uint64_t off, uint64_t len, bool *counted, vdk_error *err)
 {
     qcow2_state *s = c->s;
+    uint64_t k0 = off >> s->cluster_bits;
+    if (!counted && len == s->cluster_size && !(off & (len - 1)) && k0 < c->nb &&
+        c->ref[k0] < s->refcount_max && c->ref[k0] < UINT32_MAX && off < c->file_size) {
+        c->ref[k0]++; /* the common case: one whole cluster inside the file */
+        return 0;
+    }
     if (counted)
         *counted = false;
     if (len == 0)

@@ -117,7 +117,7 @@ static struct {
 } opt = {false, 3, 1, NULL, 40, 0, 0};
 
 static tc_set seen;
-static stats per_format[2]; /* qcow2, qed */
+static stats per_format[2], per_format_repair[2]; /* qcow2, qed */
 
 /* ---------------------------------------------------------------- recording */
 
@@ -829,12 +829,14 @@ int main(int argc, char **argv)
             snprintf(name, sizeof name, "%s repair", c->name);
             report(name, &r);
             add(&per_format[strcmp(c->format, "qed") == 0], &s);
-            add(&per_format[strcmp(c->format, "qed") == 0], &r);
+            add(&per_format_repair[strcmp(c->format, "qed") == 0], &r);
         }
         round++;
     } while (opt.target && tc_failures == 0 && below_target());
     report("total qcow2", &per_format[0]);
+    report("total qcow2 repairs", &per_format_repair[0]);
     report("total qed", &per_format[1]);
+    report("total qed repairs", &per_format_repair[1]);
     if (tc_failures) {
         printf("test_crash_replay: %d failures\n", tc_failures);
         return 1;
