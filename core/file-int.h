@@ -49,6 +49,11 @@ struct vdk_file {
     bool writable;
     int cache;     /* enum vdk_cache_mode */
     size_t align;  /* power of two: 1, or the O_DIRECT block size */
+    /* Changed since the last successful flush (writable files start dirty,
+     * so the first flush always reaches the disk). A flush with nothing
+     * changed is skipped: a job that flushed once does not fsync again on
+     * close. */
+    atomic_bool dirty;
 };
 
 /* Largest piece any op bounces or zero-fills at a time. */

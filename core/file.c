@@ -32,6 +32,7 @@ int vdk_file_init(vdk_file *f, const struct vdk_file_ops *ops, const char *name,
     f->writable = writable;
     f->cache = cache;
     f->align = align ? align : 1;
+    atomic_init(&f->dirty, writable);
     return f->name ? 0 : -ENOMEM;
 }
 
@@ -181,17 +182,20 @@ int vdk_file_pwrite(vdk_file *f, const void *buf, size_t len, uint64_t off,
         return r;
     if (!buf)
         return fail_range(f, err, -EFAULT, "write", len, off);
+    atomic_store(&f->dirty, true);
     r = f->ops->pwrite(f, buf, len, off);
     return r < 0 ? fail_range(f, err, r, "write", len, off) : 0;
 }
 
 int vdk_file_flush(vdk_file *f, vdk_error *err)
 {
-    if (!f->ops->flush)
+    if (!f->ops->flush || !atomic_exchange(&f->dirty, false))
         return 0;
     int r = f->ops->flush(f);
-    if (r < 0)
+    if (r < 0) {
+        atomic_store(&f->dirty, true); /* still not durable */
         return vdk_fail(err, r, "%s: flush failed: %s", f->name, vdk_strerror(r));
+    }
     return 0;
 }
 
@@ -213,8 +217,10 @@ int vdk_file_truncate(vdk_file *f, uint64_t size, vdk_error *err)
         r = -EBADF;
     else if (!f->ops->truncate)
         r = -ENOTSUP;
-    else
+    else {
+        atomic_store(&f->dirty, true);
         r = f->ops->truncate(f, size);
+    }
     if (r < 0)
         return vdk_fail(err, r, "%s: truncate to %" PRIu64 " bytes failed: %s", f->name,
                         size, r == -EBADF ? "file is open read-only" : vdk_strerror(r));
@@ -230,6 +236,7 @@ int vdk_file_allocate(vdk_file *f, uint64_t off, uint64_t len, int prealloc,
     if (prealloc < VDK_PREALLOC_OFF || prealloc > VDK_PREALLOC_FULL)
         return vdk_fail(err, VDK_EOPTION, "%s: invalid preallocation mode %d", f->name,
                         prealloc);
+    atomic_store(&f->dirty, true);
     r = f->ops->allocate ? f->ops->allocate(f, off, len, prealloc) : -ENOTSUP;
     return r < 0 ? fail_range(f, err, r, "preallocation", len, off) : 0;
 }
@@ -240,6 +247,7 @@ int vdk_file_write_zeroes(vdk_file *f, uint64_t off, uint64_t len, bool may_unma
     int r = check_range(f, err, "zero write", len, off, true);
     if (r < 0 || len == 0)
         return r;
+    atomic_store(&f->dirty, true);
     r = f->ops->write_zeroes ? f->ops->write_zeroes(f, off, len, may_unmap) : -ENOTSUP;
     return r < 0 ? fail_range(f, err, r, "zero write", len, off) : 0;
 }
@@ -249,6 +257,7 @@ int vdk_file_discard(vdk_file *f, uint64_t off, uint64_t len, vdk_error *err)
     int r = check_range(f, err, "discard", len, off, true);
     if (r < 0 || len == 0)
         return r;
+    atomic_store(&f->dirty, true);
     r = f->ops->discard ? f->ops->discard(f, off, len) : -ENOTSUP;
     return r < 0 ? fail_range(f, err, r, "discard", len, off) : 0;
 }
