@@ -106,6 +106,26 @@ for r in $(seq $((RUNS * 3))); do
   t0=$(now); "$VDK" snapshot -d s "$DIR/w.qcow2"; t1=$(now); VD+=($((t1 - t0)))
 done
 qemu-img check -q "$DIR/w.qcow2"
+# The same operations inside one vdk process (open, create or delete,
+# close): what the command costs without the launcher's start-up.
+cat > "$DIR/inproc.lua" <<'LUA'
+local vdk = require "vdk"
+local c, d = {}, {}
+for i = 1, tonumber(arg[2]) do
+  local t0 = vdk.monotonic()
+  local img = assert(vdk.open(arg[1], { readonly = false }))
+  assert(img:snapshot_create("s")); assert(img:close())
+  local t1 = vdk.monotonic()
+  img = assert(vdk.open(arg[1], { readonly = false }))
+  assert(img:snapshot_delete({ name = "s" })); assert(img:close())
+  local t2 = vdk.monotonic()
+  c[#c + 1], d[#d + 1] = t1 - t0, t2 - t1
+end
+table.sort(c) table.sort(d)
+print(("%d %d"):format(math.floor(c[#c // 2 + 1] * 1e9), math.floor(d[#d // 2 + 1] * 1e9)))
+LUA
+read -r ic id < <("$VDK" run "$DIR/inproc.lua" "$DIR/w.qcow2" $((RUNS * 3)))
+qemu-img check -q "$DIR/w.qcow2"
 qc=$(printf '%s\n' "${QC[@]}" | median); vc=$(printf '%s\n' "${VC[@]}" | median)
 qd=$(printf '%s\n' "${QD[@]}" | median); vd=$(printf '%s\n' "${VD[@]}" | median)
 echo
@@ -114,6 +134,12 @@ awk -v qc="$qc" -v vc="$vc" -v qd="$qd" -v vd="$vd" 'BEGIN {
   printf "   create: qemu-img %6.1f ms  vdk %6.1f ms  ratio %.2f (goal <= 0.5)\n", qc / 1e6, vc / 1e6, vc / qc
   printf "   delete: qemu-img %6.1f ms  vdk %6.1f ms  ratio %.2f (goal <= 0.5)\n", qd / 1e6, vd / 1e6, vd / qd
 }'
+awk -v qc="$qc" -v qd="$qd" -v ic="$ic" -v id="$id" 'BEGIN {
+  printf "   inside one vdk process (open, operation, close): create %.1f ms (%.2f of qemu-img), delete %.1f ms (%.2f)\n", ic / 1e6, ic / qc, id / 1e6, id / qd
+}'
+t0=$(now); for i in 1 2 3 4 5; do "$VDK" --version > /dev/null; done; t1=$(now)
+t2=$(now); for i in 1 2 3 4 5; do qemu-img --version > /dev/null; done; t3=$(now)
+echo "   process start-up alone: vdk --version $(ms $(((t1 - t0) / 5))) ms, qemu-img --version $(ms $(((t3 - t2) / 5))) ms"
 rm -f "$DIR/q.qcow2"
 
 # ---------------------------------------------------------------- 3. many snapshots

@@ -30,7 +30,7 @@
 -- where it lands, for comparison), progress (function(p) with p.bytes,
 -- p.written, p.elapsed, p.rate), interval (bytes, default 64 MiB), and the
 -- snapshot's fields: id, date_sec, date_nsec, vm_clock_nsec, icount.
-local vdk = require "vdk"
+local vdk = require "vdk.core" -- vmstate_writer, monotonic
 
 local M = {}
 

@@ -6,10 +6,11 @@
 --
 -- Read top to bottom: check the options, open the image (read-only to list
 -- or export, read-write otherwise), do the one action, report.
-local vdk = require "vdk"
+local vdk = require "vdk.core" -- (not "vdk": a command that starts fast)
 local cli = require "vdk.cli"
 local S = require "vdk.snapshot"
 local savevm = require "vdk.savevm"
+local human = require("vdk.size").human
 
 local CACHE_MODES = { writeback = true, writethrough = true, none = true, directsync = true,
                       unsafe = true }
@@ -92,8 +93,8 @@ local function progress_fn(opts, total)
     if t and t > 0 then
       io.stderr:write(("    (%3.2f/100%%)\r"):format(100 * p.bytes / t))
     else
-      io.stderr:write(("    %s at %s/s\r"):format(vdk.size_to_str(p.bytes),
-        vdk.size_to_str(math.floor(p.rate))))
+      io.stderr:write(("    %s at %s/s\r"):format(human(p.bytes),
+        human(math.floor(p.rate))))
     end
     io.stderr:flush()
   end
