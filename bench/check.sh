@@ -6,6 +6,8 @@
 #                 clusters sparse in the file; a check never reads data)
 #   sparse.qcow2  1 TiB virtual, 1800 L2 tables (one 4 KiB write in each of
 #                 1800 distinct 512 MiB regions)
+#   empty.qcow2   1 MiB, nothing allocated: the fixed cost of each command
+#                 (process start, dynamic linking, opening)
 # Runs alternate (vdk, qemu-img, vdk, ...) so both see the same cache state;
 # prints each tool's median wall time and the ratio vdk / qemu-img.
 #
@@ -23,6 +25,7 @@ vdk=$build/vdk
 dir=$(mktemp -d /tmp/vdk-bench-check.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 
+qemu-img create -q -f qcow2 "$dir/empty.qcow2" 1M
 qemu-img create -q -f qcow2 -o preallocation=metadata "$dir/full.qcow2" 8G
 qemu-img create -q -f qcow2 "$dir/sparse.qcow2" 1T
 cmds=()
@@ -35,7 +38,7 @@ qemu-io "${cmds[@]}" "$dir/sparse.qcow2" >/dev/null
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-for img in full sparse; do
+for img in empty full sparse; do
   f=$dir/$img.qcow2
   "$vdk" check "$f" >/dev/null   # warm the page cache
   qemu-img check "$f" >/dev/null
