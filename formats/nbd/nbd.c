@@ -252,6 +252,9 @@ static vnbd_conn *grow(vnbd_state *st, vnbd_conn *busy)
 
 static int vnbd_open(vdk_image *img, vdk_error *err)
 {
+    int lr = vdk_libnbd_load(err);
+    if (lr < 0)
+        return lr;
     vnbd_state *st = calloc(1, sizeof *st);
     if (!st)
         return vdk_fail(err, -ENOMEM, "out of memory");

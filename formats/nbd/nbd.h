@@ -10,7 +10,7 @@
 #ifndef VDK_NBD_H
 #define VDK_NBD_H
 
-#include <libnbd.h>
+#include "libnbd-dl.h"
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>

@@ -190,8 +190,30 @@ function methods.map(img, opts)
   end
 end
 
--- Inspection (img:header(), img:explain(offset), ...): scripts/vdk/inspect.lua.
-vdk.hexdump = require("vdk.inspect").hexdump
-vdk.pretty = require("vdk.inspect_format").pretty
+-- Inspection (img:header(), img:explain(offset), ...) lives in
+-- scripts/vdk/inspect.lua and img:map_svg in scripts/vdk/svg.lua. They load
+-- on first use, so commands that never inspect start faster: each method
+-- here is a stand-in that loads the module (which replaces the stand-ins
+-- with the real methods) and calls the real one.
+local LAZY_METHODS = {
+  "header", "extensions", "snapshot_table", "stats", "layout", "queries", "l1", "l2",
+  "refcount", "refmap", "chain", "allocation", "explain", "hexdump", "map_svg",
+}
+local image_methods = core.image_methods
+for _, name in ipairs(LAZY_METHODS) do
+  image_methods[name] = function(...)
+    require "vdk.inspect"
+    local real = image_methods[name]
+    return real(...)
+  end
+end
+setmetatable(vdk, { __index = function(t, k)
+  if k == "hexdump" then
+    t.hexdump = require("vdk.inspect").hexdump
+  elseif k == "pretty" then
+    t.pretty = require("vdk.inspect_format").pretty
+  end
+  return rawget(t, k)
+end })
 
 return vdk
