@@ -122,13 +122,18 @@ static int64_t compare_pass(qc_check *c, bool report, uint64_t *d, vdk_error *er
             memset(d, 0, n * sizeof *d);
         for (uint64_t i = 0; i < n; i++) {
             uint64_t k = first + i, ref = c->ref[k];
-            if (r == -EIO) {
-                if (report) {
+            if (r == -EIO) { /* an unaligned refcount block: a rebuild replaces it */
+                bool rebuilt = c->rebuild && c->fix_errors;
+                if (report && !rebuilt) {
                     c->check_errors++;
                     qc_problem(c, VDK_CHECK_IO, false, VDK_FIX_NONE, k << s->cluster_bits, 1,
                                "Can't get refcount for cluster %llu: Input/output error",
                                (unsigned long long)k);
                 }
+                if (rebuilt && ref == 1)
+                    c->flags[k] |= QC_F_ONE;
+                if (rebuilt && ref)
+                    c->highest = k;
                 continue;
             }
             if (!report) {

@@ -370,9 +370,12 @@ static int scan_l1(qc_check *c, uint64_t off, uint32_t size, bool active, vdk_er
         return 0;
     int r = inc(c, off, (uint64_t)size * 8, NULL, err);
     uint64_t *t;
-    if (r == 0)
+    /* Entries past the end of the file read as zeros: reference nothing. */
+    if (!active && !in_file(c, off, (uint64_t)size * 8))
+        size = off < c->file_size ? (uint32_t)((c->file_size - off) / 8) : 0;
+    if (r == 0 && size)
         r = load_l1(c, off, size, active, &t, err);
-    for (uint32_t i = 0; r == 0 && i < size; i++) {
+    for (uint32_t i = 0; r == 0 && size && i < size; i++) {
         uint64_t e = t[i], l2 = e & QCOW2_OFFSET_MASK;
         if (!e || (c->plan && qc_find_fix(c, off + (uint64_t)i * 8)))
             continue;
@@ -503,19 +506,60 @@ static void mark_range(qc_check *c, uint64_t off, uint64_t len)
 }
 
 /* Mark the fixed metadata, then plan the L1 entries of every kept table. */
+static bool overlaps_meta(const qc_check *c, uint64_t off, uint64_t len)
+{
+    if (!len)
+        return false;
+    for (uint64_t k = off >> c->s->cluster_bits; k <= (off + len - 1) >> c->s->cluster_bits; k++)
+        if (k < c->nb && (c->flags[k] & QC_F_META))
+            return true;
+    return false;
+}
+
+/* A snapshot table out of the file or over other metadata is rewritten; a
+ * snapshot L1 table over other metadata is dropped (its "entries" are
+ * another structure's bytes: clearing them would damage it). */
+static void plan_snapshots(qc_check *c)
+{
+    if (c->nb_snapshots && (!in_file(c, c->snapshots_offset, c->snapshots_size) ||
+                            overlaps_meta(c, c->snapshots_offset, c->snapshots_size))) {
+        qc_problem(c, VDK_CHECK_SNAPSHOT, true, VDK_FIX_SNAPSHOT_TABLE, c->snapshots_offset, 1,
+                   "Repairing the snapshot table at 0x%llx: it lies past the end of the file or "
+                   "over other metadata",
+                   (unsigned long long)c->snapshots_offset);
+        c->snap_rewrite = true;
+    }
+    mark_range(c, c->snapshots_offset, c->snapshots_size);
+    for (uint32_t i = 0; i < c->nsnaps; i++) {
+        qc_snap *sn = &c->snaps[i];
+        uint64_t len = (uint64_t)sn->l1_size * 8;
+        if (sn->bad_l1)
+            continue;
+        if (overlaps_meta(c, sn->l1_offset, len)) {
+            qc_problem(c, VDK_CHECK_SNAPSHOT, true, VDK_FIX_SNAPSHOT_TABLE, sn->entry_offset, 1,
+                       "Repairing snapshot %s (%s): its L1 table at 0x%llx overlaps other "
+                       "metadata",
+                       sn->id, sn->name, (unsigned long long)sn->l1_offset);
+            sn->bad_l1 = sn->drop = c->snap_rewrite = true;
+            continue;
+        }
+        mark_range(c, sn->l1_offset, len);
+    }
+}
+
+/* Mark the fixed metadata, then plan the L1 entries of every kept table. */
 static int plan_tables(qc_check *c, vdk_error *err)
 {
     qcow2_state *s = c->s;
     mark_range(c, 0, s->cluster_size);
     mark_range(c, s->l1_offset, (uint64_t)s->l1_size * 8);
     mark_range(c, s->rt_offset, s->rt_size * 8);
-    mark_range(c, c->snapshots_offset, c->snapshots_size);
-    for (uint64_t i = 0; i < s->rt_size; i++)
-        if (!(s->rt[i] & QC_RT_RESERVED))
-            mark_range(c, s->rt[i] & QCOW2_RT_OFFSET_MASK, s->cluster_size);
-    for (uint32_t i = 0; i < c->nsnaps; i++)
-        if (!c->snaps[i].bad_l1)
-            mark_range(c, c->snaps[i].l1_offset, (uint64_t)c->snaps[i].l1_size * 8);
+    for (uint64_t i = 0; i < s->rt_size; i++) {
+        uint64_t off = s->rt[i] & QCOW2_RT_OFFSET_MASK;
+        if (!(s->rt[i] & QC_RT_RESERVED) && !(off & (s->cluster_size - 1)))
+            mark_range(c, off, s->cluster_size);
+    }
+    plan_snapshots(c);
     int r = plan_l1(c, s->l1_offset, s->l1_size, true, err);
     for (uint32_t i = 0; r == 0 && i < c->nsnaps; i++)
         if (!c->snaps[i].bad_l1)

@@ -51,7 +51,7 @@ static char tc_dir[256];
         }                                                                                \
     } while (0)
 
-static void tc_cleanup(void)
+__attribute__((unused)) static void tc_cleanup(void)
 {
     if (tc_dir[0]) {
         char cmd[300];
@@ -61,7 +61,7 @@ static void tc_cleanup(void)
     }
 }
 
-static void tc_init(void)
+__attribute__((unused)) static void tc_init(void)
 {
     snprintf(tc_dir, sizeof tc_dir, "/tmp/vdk-crash.XXXXXX");
     if (!mkdtemp(tc_dir)) {
@@ -81,16 +81,16 @@ static const char *tc_path(const char *name)
 }
 
 /* splitmix64 */
-static uint64_t tc_rand(uint64_t *x)
+__attribute__((unused)) static uint64_t tc_rand(uint64_t *x)
 {
     uint64_t z = (*x += UINT64_C(0x9E3779B97F4A7C15));
     z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
     z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
     return z ^ (z >> 31);
 }
-static uint64_t tc_below(uint64_t *x, uint64_t n) { return n ? tc_rand(x) % n : 0; }
+__attribute__((unused)) static uint64_t tc_below(uint64_t *x, uint64_t n) { return n ? tc_rand(x) % n : 0; }
 
-static void tc_fill(uint8_t *b, size_t len, uint64_t seed)
+__attribute__((unused)) static void tc_fill(uint8_t *b, size_t len, uint64_t seed)
 {
     uint64_t x = seed;
     for (size_t i = 0; i < len; i += 8) {
@@ -148,7 +148,7 @@ static uint8_t *tc_slurp(const char *path, size_t *len)
     return b;
 }
 
-static int tc_spit(const char *path, const uint8_t *b, size_t len)
+__attribute__((unused)) static int tc_spit(const char *path, const uint8_t *b, size_t len)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0)
@@ -159,7 +159,7 @@ static int tc_spit(const char *path, const uint8_t *b, size_t len)
 }
 
 /* A fast 64-bit hash of a byte string (distinct crash states). */
-static uint64_t tc_hash(const uint8_t *b, size_t len)
+__attribute__((unused)) static uint64_t tc_hash(const uint8_t *b, size_t len)
 {
     uint64_t h = UINT64_C(0x9E3779B97F4A7C15) ^ len;
     size_t i = 0;
@@ -180,7 +180,7 @@ typedef struct tc_set {
     size_t cap, n;
 } tc_set;
 
-static bool tc_set_add(tc_set *s, uint64_t h)
+__attribute__((unused)) static bool tc_set_add(tc_set *s, uint64_t h)
 {
     if (h == 0)
         h = 1;
