@@ -18,14 +18,8 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "lvdk.h"
 #include "vdk.h"
-
-#define IMAGE_MT "vdk.image"
-
-/* lvdk.c's image userdata begins with this. */
-typedef struct limage_head {
-    vdk_image *img;
-} limage_head;
 
 static void set_int(lua_State *L, const char *key, uint64_t v)
 {
@@ -115,14 +109,12 @@ static unsigned check_mode(lua_State *L, int idx)
 /* img:check([opts]) -> report | nil, msg, code, partial report */
 static int m_check(lua_State *L)
 {
-    limage_head *h = luaL_checkudata(L, 1, IMAGE_MT);
-    if (!h->img)
-        return luaL_error(L, "image is closed");
+    vdk_image *img = vdk_lcheck_image(L, 1);
     unsigned mode = check_mode(L, 2);
     vdk_check_report rep;
     vdk_error err;
     vdk_error_clear(&err);
-    int r = vdk_image_check(h->img, mode, &rep, &err);
+    int r = vdk_image_check(img, mode, &rep, &err);
     if (r < 0) {
         lua_pushnil(L);
         lua_pushstring(L, err.msg[0] ? err.msg : vdk_strerror(r));

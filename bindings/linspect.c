@@ -19,16 +19,13 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "lvdk.h"
 #include "vdk.h"
 
-#define IMAGE_MT "vdk.image"
 #define MAX_DEPTH 32
 #define MAX_ARGS 8
 #define MAX_FILE_READ ((lua_Integer)64 << 20)
 
-typedef struct limage_head {
-    vdk_image *img;
-} limage_head;
 
 /* The emitter: a stack of open tables on the Lua stack, one frame each. */
 typedef struct frame {
@@ -110,27 +107,11 @@ static void e_boolean(vdk_emitter *e, const char *key, int v)
     store(le, key);
 }
 
-static vdk_image *check_img(lua_State *L, int idx)
-{
-    limage_head *h = luaL_checkudata(L, idx, IMAGE_MT);
-    if (!h->img)
-        luaL_error(L, "image is closed");
-    return h->img;
-}
-
-static int push_error(lua_State *L, const vdk_error *err, int code)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, err->msg[0] ? err->msg : vdk_strerror(code));
-    lua_pushstring(L, vdk_errname(code));
-    return 3;
-}
-
 /* img:inspect(query, ...) -> table | nil, msg, code. Extra arguments are
  * integers (offsets, indexes); nil stands for "the default". */
 static int m_inspect(lua_State *L)
 {
-    vdk_image *img = check_img(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     const char *query = luaL_checkstring(L, 2);
     int64_t args[MAX_ARGS];
     int top = lua_gettop(L);
@@ -150,7 +131,7 @@ static int m_inspect(lua_State *L)
     vdk_error_clear(&err);
     int r = vdk_image_inspect(img, query, args, nargs, &le.e, &err);
     if (r < 0)
-        return push_error(L, &err, r);
+        return vdk_lpush_error(L, &err, r);
     lua_settop(L, top + 1);
     return 1;
 }
@@ -159,7 +140,7 @@ static int m_inspect(lua_State *L)
  * nil, msg, code: bytes of the image's own host file. */
 static int m_read_file(lua_State *L)
 {
-    vdk_image *img = check_img(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     lua_Integer off = luaL_checkinteger(L, 2), len = luaL_checkinteger(L, 3);
     luaL_argcheck(L, off >= 0, 2, "offset must not be negative");
     luaL_argcheck(L, len >= 0 && len <= MAX_FILE_READ, 3, "length must be 0..64 MiB");
@@ -169,7 +150,7 @@ static int m_read_file(lua_State *L)
     vdk_error_clear(&err);
     int64_t n = len ? vdk_image_pread_file(img, p, (size_t)len, (uint64_t)off, &err) : 0;
     if (n < 0)
-        return push_error(L, &err, (int)n);
+        return vdk_lpush_error(L, &err, (int)n);
     luaL_pushresultsize(&b, (size_t)n);
     return 1;
 }
@@ -177,12 +158,12 @@ static int m_read_file(lua_State *L)
 /* img:file_size() -> bytes of the image's own host file | nil, msg, code */
 static int m_file_size(lua_State *L)
 {
-    vdk_image *img = check_img(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     vdk_error err;
     vdk_error_clear(&err);
     int64_t n = vdk_image_file_size(img, &err);
     if (n < 0)
-        return push_error(L, &err, (int)n);
+        return vdk_lpush_error(L, &err, (int)n);
     lua_pushinteger(L, n);
     return 1;
 }
@@ -203,7 +184,7 @@ int vdk_linspect_open(lua_State *L)
     lua_pushcfunction(L, m_file_size);
     lua_setfield(L, -2, "file_size");
     /* Completion (the shell) finds the methods through the metatable. */
-    luaL_getmetatable(L, IMAGE_MT);
+    luaL_getmetatable(L, VDK_LIMAGE_MT);
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "__methods");
     lua_pop(L, 2);

@@ -32,12 +32,12 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "lvdk.h"
 #include "vdk.h"
 
 #define LOOP_KEY "vdk.loop"    /* registry: the loop of this Lua state */
 #define LOOP_MT "vdk.loop.mt"  /* its metatable */
 #define JOB_MT "vdk.job"
-#define IMAGE_MT "vdk.image"
 
 typedef struct lloop {
     uv_loop_t loop;
@@ -70,11 +70,6 @@ typedef struct ljob {
 typedef struct ljob_ud {
     ljob *lj;
 } ljob_ud;
-
-/* lvdk.c's image userdata begins with this. */
-typedef struct limage_head {
-    vdk_image *img;
-} limage_head;
 
 /* ---------------------------------------------------------------- the loop */
 
@@ -113,16 +108,6 @@ static lloop *get_loop(lua_State *L)
 }
 
 /* ---------------------------------------------------------------- helpers */
-
-static vdk_image *check_img(lua_State *L, int idx, const char *what)
-{
-    limage_head *h = luaL_testudata(L, idx, IMAGE_MT);
-    if (!h)
-        luaL_error(L, "%s must be an image, not %s", what, luaL_typename(L, idx));
-    if (!h->img)
-        luaL_error(L, "%s is closed", what);
-    return h->img;
-}
 
 static void check_names(lua_State *L, int idx, const char *fname, const char *const *names)
 {
@@ -169,14 +154,6 @@ static uint64_t opt_uint(lua_State *L, int idx, const char *key, uint64_t dflt)
     }
     lua_pop(L, 1);
     return v;
-}
-
-static int push_error(lua_State *L, int rc, const vdk_error *err)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, err && err->msg[0] ? err->msg : vdk_strerror(rc));
-    lua_pushstring(L, vdk_errname(rc));
-    return 3;
 }
 
 static const char *phase_name(int phase)
@@ -363,7 +340,7 @@ static int start_failed(lua_State *L, ljob *lj, int rc, const vdk_error *err)
     if (lj->cb_ref != LUA_NOREF)
         luaL_unref(L, LUA_REGISTRYINDEX, lj->cb_ref);
     lj->cb_ref = LUA_NOREF;
-    return push_error(L, rc, err);
+    return vdk_lpush_error(L, err, rc);
 }
 
 /* Raise an error a callback left behind, if any. */
@@ -398,7 +375,7 @@ static int m_wait(lua_State *L)
     while (!lj->ended)
         run_once(L, lj->lp);
     if (lj->rc < 0) {
-        push_error(L, lj->rc, &lj->err);
+        vdk_lpush_error(L, &lj->err, lj->rc);
         if (lj->interrupted)
             lua_pushfstring(L, "interrupted by the user: %s", lua_tostring(L, -2));
         else if (lj->cb_failed)
@@ -527,14 +504,14 @@ static size_t collect_sources(lua_State *L, vdk_image **out, size_t cap)
     int t = lua_getfield(L, 1, "source");
     size_t n = 0;
     if (t == LUA_TUSERDATA) {
-        out[n++] = check_img(L, -1, "source");
+        out[n++] = vdk_lcheck_image_arg(L, -1, "source");
     } else if (t == LUA_TTABLE) {
         lua_Integer len = luaL_len(L, -1);
         if (len < 1 || (size_t)len > cap)
             luaL_error(L, "copy: 'source' must list 1 to %d images", (int)cap);
         for (lua_Integer i = 1; i <= len; i++) {
             lua_geti(L, -1, i);
-            out[n++] = check_img(L, -1, "each source");
+            out[n++] = vdk_lcheck_image_arg(L, -1, "each source");
             lua_pop(L, 1);
         }
     } else {
@@ -552,7 +529,7 @@ static int l_copy(lua_State *L)
     vdk_image *srcs[1024];
     size_t n = collect_sources(L, srcs, sizeof srcs / sizeof srcs[0]);
     lua_getfield(L, 1, "target");
-    vdk_image *target = check_img(L, -1, "target");
+    vdk_image *target = vdk_lcheck_image_arg(L, -1, "target");
     lua_pop(L, 1);
     vdk_copy_opts o;
     copy_opts_from(L, 1, &o);
@@ -578,8 +555,8 @@ static const char *const compare_option_names[] = {
 /* vdk.compare(a, b [, opts]) -> job | nil, msg, code */
 static int l_compare(lua_State *L)
 {
-    vdk_image *a = check_img(L, 1, "the first image");
-    vdk_image *b = check_img(L, 2, "the second image");
+    vdk_image *a = vdk_lcheck_image_arg(L, 1, "the first image");
+    vdk_image *b = vdk_lcheck_image_arg(L, 2, "the second image");
     check_names(L, 3, "compare", compare_option_names);
     vdk_copy_opts o;
     copy_opts_from(L, 3, &o);
@@ -630,7 +607,7 @@ static int l_measure(lua_State *L)
     bool has_size = lua_getfield(L, 1, "size") != LUA_TNIL;
     vdk_image *src = NULL;
     if (lua_getfield(L, 1, "source") != LUA_TNIL)
-        src = check_img(L, -1, "source");
+        src = vdk_lcheck_image_arg(L, -1, "source");
     if (src && has_size)
         luaL_error(L, "measure: give 'size' or 'source', not both");
     if (!src && !has_size)
@@ -658,7 +635,7 @@ static int l_measure(lua_State *L)
     vdk_error err;
     int rc = vdk_measure(format, size, kv, n, src, &m, &err);
     if (rc < 0)
-        return push_error(L, rc, &err);
+        return vdk_lpush_error(L, &err, rc);
     lua_createtable(L, 0, 3);
     set_int(L, "required", m.required);
     set_int(L, "fully_allocated", m.fully_allocated);

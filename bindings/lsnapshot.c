@@ -41,43 +41,15 @@
 #include <lualib.h>
 #include <uv.h>
 
+#include "lvdk.h"
 #include "vdk.h"
 #include "workers.h"
 
-#define IMAGE_MT "vdk.image"
 #define WRITER_MT "vdk.vmstate_writer"
 #define DEFAULT_BUFFER ((size_t)8 << 20)
 #define MAX_BUFFER ((size_t)256 << 20)
 #define MAX_READ ((lua_Integer)1 << 30)
 
-/* lvdk.c's image userdata begins with this. */
-typedef struct limage_head {
-    vdk_image *img;
-} limage_head;
-
-static vdk_image *check_image(lua_State *L, int idx)
-{
-    limage_head *h = luaL_checkudata(L, idx, IMAGE_MT);
-    if (!h->img)
-        luaL_error(L, "image is closed");
-    return h->img;
-}
-
-static int push_error(lua_State *L, const vdk_error *err, int code)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, err->msg[0] ? err->msg : vdk_strerror(code));
-    lua_pushstring(L, vdk_errname(code));
-    return 3;
-}
-
-static int push_status(lua_State *L, int rc, const vdk_error *err)
-{
-    if (rc < 0)
-        return push_error(L, err, rc);
-    lua_pushboolean(L, 1);
-    return 1;
-}
 
 static uint64_t check_u64(lua_State *L, int idx, const char *what)
 {
@@ -114,14 +86,14 @@ static void push_info(lua_State *L, const vdk_snapshot_info *s)
 /* img:snapshots() -> list | nil, msg, code */
 static int m_snapshots(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     vdk_snapshot_info *list;
     size_t n;
     vdk_error err;
     vdk_error_clear(&err);
     int r = vdk_snapshot_list(img, &list, &n, &err);
     if (r < 0)
-        return push_error(L, &err, r);
+        return vdk_lpush_error(L, &err, r);
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
         push_info(L, &list[i]);
@@ -159,7 +131,7 @@ static int resolve(lua_State *L, vdk_image *img, int idx, char *id, size_t idlen
     vdk_error_clear(&err);
     int r = vdk_snapshot_list(img, &list, &n, &err);
     if (r < 0)
-        return push_error(L, &err, r);
+        return vdk_lpush_error(L, &err, r);
     const char *found = NULL;
     for (size_t i = 0; i < n && !found; i++)
         if ((either || want_id) && strcmp(list[i].id, either ? either : want_id) == 0)
@@ -176,21 +148,21 @@ static int resolve(lua_State *L, vdk_image *img, int idx, char *id, size_t idlen
     snprintf(err.msg, sizeof err.msg, "%s: no snapshot %s '%s'", vdk_image_filename(img),
              either ? "with the ID or name" : want_id ? "with the ID" : "named",
              either ? either : want_id ? want_id : want_name);
-    return push_error(L, &err, -ENOENT);
+    return vdk_lpush_error(L, &err, -ENOENT);
 }
 
 typedef int (*by_id_fn)(vdk_image *, const char *, vdk_error *);
 
 static int by_ref(lua_State *L, by_id_fn fn)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     char id[256];
     int k = resolve(L, img, 2, id, sizeof id);
     if (k)
         return k;
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, fn(img, id, &err), &err);
+    return vdk_lpush_status(L, fn(img, id, &err), &err);
 }
 
 static int m_snapshot_apply(lua_State *L) { return by_ref(L, vdk_snapshot_apply); }
@@ -239,7 +211,7 @@ static void check_create_options(lua_State *L, int idx)
 /* img:snapshot_create(name, opts) -> true | nil, msg, code */
 static int m_snapshot_create(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     size_t nl;
     const char *name = luaL_checklstring(L, 2, &nl);
     check_create_options(L, 3);
@@ -269,7 +241,7 @@ static int m_snapshot_create(lua_State *L)
     p.vm_state_size = opt_u64(L, 3, "vm_state_size", 0, NULL);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, vdk_snapshot_create(img, &p, &err), &err);
+    return vdk_lpush_status(L, vdk_snapshot_create(img, &p, &err), &err);
 }
 
 /* ---------------------------------------------------------------- VM state */
@@ -277,20 +249,20 @@ static int m_snapshot_create(lua_State *L)
 /* img:vmstate_write(pos, data) -> true | nil, msg, code */
 static int m_vmstate_write(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t pos = check_u64(L, 2, "position");
     size_t len;
     luaL_checktype(L, 3, LUA_TSTRING);
     const char *data = lua_tolstring(L, 3, &len);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, vdk_vmstate_write(img, data, len, pos, &err), &err);
+    return vdk_lpush_status(L, vdk_vmstate_write(img, data, len, pos, &err), &err);
 }
 
 /* img:vmstate_read(ref, pos, len) -> string | nil, msg, code */
 static int m_vmstate_read(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t pos = check_u64(L, 3, "position");
     lua_Integer len = (lua_Integer)check_u64(L, 4, "length");
     if (len > MAX_READ)
@@ -305,14 +277,14 @@ static int m_vmstate_read(lua_State *L)
     vdk_error_clear(&err);
     int r = vdk_vmstate_read(img, id, p, (size_t)len, pos, &err);
     if (r < 0)
-        return push_error(L, &err, r);
+        return vdk_lpush_error(L, &err, r);
     luaL_pushresultsize(&b, (size_t)len);
     return 1;
 }
 
 static int m_vmstate_discard(lua_State *L)
 {
-    vdk_vmstate_discard(check_image(L, 1));
+    vdk_vmstate_discard(vdk_lcheck_image(L, 1));
     return 0;
 }
 
@@ -406,7 +378,7 @@ static vmw *check_writer(lua_State *L)
 static int writer_status(lua_State *L, vmw *w, lua_Integer n)
 {
     if (w->rc < 0)
-        return push_error(L, &w->err, w->rc);
+        return vdk_lpush_error(L, &w->err, w->rc);
     lua_pushinteger(L, n);
     return 1;
 }
@@ -587,7 +559,7 @@ static int writer_init(lua_State *L, vmw *w, vdk_image *img, size_t bufsize)
 /* vdk.core.vmstate_writer(img, {buffer_size =, naive =}) -> writer */
 static int l_vmstate_writer(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     lua_Integer bs = (lua_Integer)DEFAULT_BUFFER;
     bool naive = false;
     if (!lua_isnoneornil(L, 2)) {

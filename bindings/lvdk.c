@@ -25,35 +25,31 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "lvdk.h"
 #include "vdk.h"
 
-#define IMAGE_MT "vdk.image"
+#define IMAGE_MT VDK_LIMAGE_MT
 /* Largest single read, so a typo cannot ask for an absurd allocation. */
 #define MAX_READ ((lua_Integer)1 << 30)
 /* Uservalue slot where an image caches the userdata of its backing layer. */
 #define UV_BACKING 1
 
-typedef struct limage {
-    vdk_image *img; /* NULL once closed */
-    int is_layer;   /* a backing layer: release with unref, not close */
-} limage;
+typedef vdk_limage limage;
 
 /* ---------------------------------------------------------------- helpers */
 
-/* Push nil, message, code for a failed call; returns 3 (for "return"). */
-static int push_error(lua_State *L, const vdk_error *err, int code)
+int vdk_lpush_error(lua_State *L, const vdk_error *err, int code)
 {
     lua_pushnil(L);
-    lua_pushstring(L, err->msg[0] ? err->msg : vdk_strerror(code));
+    lua_pushstring(L, err && err->msg[0] ? err->msg : vdk_strerror(code));
     lua_pushstring(L, vdk_errname(code));
     return 3;
 }
 
-/* Push true, or the error triple, for a call that returned rc. */
-static int push_status(lua_State *L, int rc, const vdk_error *err)
+int vdk_lpush_status(lua_State *L, int rc, const vdk_error *err)
 {
     if (rc < 0)
-        return push_error(L, err, rc);
+        return vdk_lpush_error(L, err, rc);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -63,12 +59,21 @@ static limage *check_limage(lua_State *L, int idx)
     return luaL_checkudata(L, idx, IMAGE_MT);
 }
 
-/* The open image at idx; raises when it was closed. */
-static vdk_image *check_image(lua_State *L, int idx)
+vdk_image *vdk_lcheck_image(lua_State *L, int idx)
 {
     limage *li = check_limage(L, idx);
     if (!li->img)
         luaL_error(L, "image is closed");
+    return li->img;
+}
+
+vdk_image *vdk_lcheck_image_arg(lua_State *L, int idx, const char *what)
+{
+    limage *li = luaL_testudata(L, idx, IMAGE_MT);
+    if (!li)
+        luaL_error(L, "%s must be an image, not %s", what, luaL_typename(L, idx));
+    if (!li->img)
+        luaL_error(L, "%s is closed", what);
     return li->img;
 }
 
@@ -236,7 +241,7 @@ static int l_open(lua_State *L)
     vdk_image *img = NULL;
     int rc = vdk_image_open(path, &o, &img, &err);
     if (rc < 0)
-        return push_error(L, &err, rc);
+        return vdk_lpush_error(L, &err, rc);
     push_image(L, img, 0);
     return 1;
 }
@@ -273,7 +278,7 @@ static int l_create(lua_State *L)
     vdk_error err;
     vdk_error_clear(&err);
     int rc = vdk_image_create(path, format, size, kv, n, &err);
-    return push_status(L, rc, &err);
+    return vdk_lpush_status(L, rc, &err);
 }
 
 /* vdk.drivers() -> {"raw", "qcow2", ...} */
@@ -300,7 +305,7 @@ static int l_can_create(lua_State *L)
 /* img:read(offset, length) -> string | nil, msg, code */
 static int m_read(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t off = check_u64(L, 2, "offset");
     uint64_t len = check_u64(L, 3, "length");
     if ((lua_Integer)len > MAX_READ)
@@ -316,7 +321,7 @@ static int m_read(lua_State *L)
     vdk_error_clear(&err);
     int rc = vdk_image_pread(img, p, len, off, &err);
     if (rc < 0)
-        return push_error(L, &err, rc);
+        return vdk_lpush_error(L, &err, rc);
     luaL_pushresultsize(&b, len);
     return 1;
 }
@@ -324,78 +329,78 @@ static int m_read(lua_State *L)
 /* img:write(offset, data) -> true | nil, msg, code */
 static int m_write(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t off = check_u64(L, 2, "offset");
     size_t len;
     const char *data = check_data(L, 3, &len);
     check_range(L, img, off, len);
     if (len == 0)
-        return push_status(L, 0, NULL);
+        return vdk_lpush_status(L, 0, NULL);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, vdk_image_pwrite(img, data, len, off, &err), &err);
+    return vdk_lpush_status(L, vdk_image_pwrite(img, data, len, off, &err), &err);
 }
 
 /* img:write_zeroes(offset, length [, {unmap = true}]) -> true | nil, msg, code */
 static int m_write_zeroes(lua_State *L)
 {
     static const char *const names[] = {"unmap", NULL};
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t off = check_u64(L, 2, "offset");
     uint64_t len = check_u64(L, 3, "length");
     check_option_names(L, 4, "write_zeroes", names);
     unsigned flags = opt_bool_field(L, 4, "unmap", 0) ? VDK_ZERO_MAY_UNMAP : 0;
     check_range(L, img, off, len);
     if (len == 0)
-        return push_status(L, 0, NULL);
+        return vdk_lpush_status(L, 0, NULL);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, vdk_image_write_zeroes(img, len, off, flags, &err), &err);
+    return vdk_lpush_status(L, vdk_image_write_zeroes(img, len, off, flags, &err), &err);
 }
 
 /* img:discard(offset, length) -> true | nil, msg, code */
 static int m_discard(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t off = check_u64(L, 2, "offset");
     uint64_t len = check_u64(L, 3, "length");
     check_range(L, img, off, len);
     if (len == 0)
-        return push_status(L, 0, NULL);
+        return vdk_lpush_status(L, 0, NULL);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, vdk_image_discard(img, len, off, &err), &err);
+    return vdk_lpush_status(L, vdk_image_discard(img, len, off, &err), &err);
 }
 
 /* img:write_compressed(offset, data) -> true | nil, msg, code */
 static int m_write_compressed(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t off = check_u64(L, 2, "offset");
     size_t len;
     const char *data = check_data(L, 3, &len);
     check_range(L, img, off, len);
     if (len == 0)
-        return push_status(L, 0, NULL);
+        return vdk_lpush_status(L, 0, NULL);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, vdk_image_pwrite_compressed(img, data, len, off, &err), &err);
+    return vdk_lpush_status(L, vdk_image_pwrite_compressed(img, data, len, off, &err), &err);
 }
 
 /* img:flush() -> true | nil, msg, code */
 static int m_flush(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, vdk_image_flush(img, &err), &err);
+    return vdk_lpush_status(L, vdk_image_flush(img, &err), &err);
 }
 
 /* img:resize(size [, {shrink = true, preallocation = "falloc"}]) */
 static int m_resize(lua_State *L)
 {
     static const char *const names[] = {"shrink", "preallocation", NULL};
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t size = check_u64(L, 2, "size");
     check_option_names(L, 3, "resize", names);
     unsigned flags = opt_bool_field(L, 3, "shrink", 0) ? VDK_RESIZE_SHRINK : 0;
@@ -405,7 +410,7 @@ static int m_resize(lua_State *L)
         luaL_error(L, "unknown preallocation mode '%s' (off, metadata, falloc, full)", pname);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, vdk_image_resize(img, size, prealloc, flags, &err), &err);
+    return vdk_lpush_status(L, vdk_image_resize(img, size, prealloc, flags, &err), &err);
 }
 
 /* img:close() -> true | nil, msg, code; closing twice is a no-op. */
@@ -414,7 +419,7 @@ static int m_close(lua_State *L)
     limage *li = check_limage(L, 1);
     vdk_error err;
     vdk_error_clear(&err);
-    return push_status(L, release_image(li, &err), &err);
+    return vdk_lpush_status(L, release_image(li, &err), &err);
 }
 
 /* ---------------------------------------------------------------- status methods */
@@ -450,7 +455,7 @@ static void set_extent_fields(lua_State *L, const vdk_extent *ext)
 static int m_block_status(lua_State *L)
 {
     static const char *const names[] = {"top_only", NULL};
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     uint64_t off = check_u64(L, 2, "offset");
     uint64_t len = check_u64(L, 3, "length");
     check_option_names(L, 4, "block_status", names);
@@ -464,7 +469,7 @@ static int m_block_status(lua_State *L)
     vdk_error_clear(&err);
     int rc = vdk_image_block_status(img, off, len, qflags, &ext, &err);
     if (rc < 0)
-        return push_error(L, &err, rc);
+        return vdk_lpush_error(L, &err, rc);
     lua_createtable(L, 0, 10);
     set_extent_fields(L, &ext);
     return 1;
@@ -473,14 +478,14 @@ static int m_block_status(lua_State *L)
 /* img:actual_size() -> bytes the file occupies on the host | nil, msg, code */
 static int m_actual_size(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     int64_t n = vdk_image_actual_size(img);
     if (n < 0) {
         vdk_error err;
         vdk_error_clear(&err);
         snprintf(err.msg, sizeof err.msg, "%s: cannot stat: %s", vdk_image_filename(img),
                  vdk_strerror((int)n));
-        return push_error(L, &err, (int)n);
+        return vdk_lpush_error(L, &err, (int)n);
     }
     lua_pushinteger(L, n);
     return 1;
@@ -493,14 +498,14 @@ static int m_actual_size(lua_State *L)
  */
 static int m_format_info(lua_State *L)
 {
-    vdk_image *img = check_image(L, 1);
+    vdk_image *img = vdk_lcheck_image(L, 1);
     vdk_format_info fi;
     memset(&fi, 0, sizeof fi);
     vdk_error err;
     vdk_error_clear(&err);
     int rc = vdk_image_format_info(img, &fi, &err);
     if (rc < 0)
-        return push_error(L, &err, rc);
+        return vdk_lpush_error(L, &err, rc);
     lua_createtable(L, 0, 3);
     lua_pushboolean(L, fi.dirty);
     lua_setfield(L, -2, "dirty");
@@ -676,10 +681,6 @@ static int l_is_image(lua_State *L)
     return 1;
 }
 
-int vdk_ljob_open(lua_State *L); /* ljob.c: vdk.copy, vdk.compare, vdk.measure */
-int vdk_lsnapshot_open(lua_State *L); /* lsnapshot.c: snapshots, VM states */
-int vdk_linspect_open(lua_State *L); /* linspect.c: img:inspect, img:read_file */
-int vdk_lcheck_open(lua_State *L); /* lcheck.c: img:check */
 
 int luaopen_vdk_core(lua_State *L)
 {
