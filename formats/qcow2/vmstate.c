@@ -131,7 +131,7 @@ static int map_run(qcow2_state *s, uint64_t c, uint64_t max, uint64_t *host, uin
     *host = *e;
     *n = 1;
     while (*n < max && r == 0) {
-        uint64_t *x;
+        uint64_t *x = NULL;
         r = slot(s, c + *n, &x, err);
         if (r < 0 || (*fresh ? *x != 0 : *x != *host + (*n << s->cluster_bits)))
             break;

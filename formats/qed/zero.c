@@ -139,7 +139,7 @@ int qed_zero_range(qed_state *s, uint64_t off, uint64_t len, int mode, bool unma
         r = qed_check_broken(s, err);
         if (r < 0)
             break;
-        uint64_t in = off & (cs - 1), piece;
+        uint64_t in = off & (cs - 1), piece = 0;
         if (in || len < cs) {
             piece = cs - in < len ? cs - in : len;
             r = zero_partial(s, off, piece, mode, err);
