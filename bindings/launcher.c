@@ -92,7 +92,9 @@ static void find_script_dir(char *buf, size_t n)
         snprintf(buf, n, "%s", VDK_INSTALL_SCRIPT_DIR);
         return;
     }
-    snprintf(buf, n, "%s/../share/lua/5.4", dir);
+    int w = snprintf(buf, n, "%s/../share/lua/5.4", dir);
+    if (w < 0 || (size_t)w >= n)
+        snprintf(buf, n, "%s", VDK_INSTALL_SCRIPT_DIR); /* path too long: the default */
 }
 
 /* package.path = "<dir>/?.lua;<dir>/?/init.lua;" .. package.path */
