@@ -227,7 +227,8 @@ static void maybe_flush(vdk_job *j)
 {
     if (j->kind != JOB_COPY || j->flushing || j->flushed || j->stopping)
         return;
-    if (!j->plan.done || j->planning || j->qlen || j->busy || j->wb_running)
+    /* planning first: plan.done belongs to the worker while it plans. */
+    if (j->planning || !j->plan.done || j->qlen || j->busy || j->wb_running)
         return;
     if (j->o.flags & VDK_COPY_NO_FLUSH) {
         j->flushed = true;
@@ -427,7 +428,8 @@ static bool finished(const vdk_job *j)
 {
     if (j->kind == JOB_COPY)
         return j->flushed;
-    return j->qlen == 0 && j->busy == 0 && (j->plan.done || j->mismatch != UINT64_MAX);
+    return j->qlen == 0 && j->busy == 0 && !j->planning &&
+           (j->plan.done || j->mismatch != UINT64_MAX);
 }
 
 static void pump(vdk_job *j)
