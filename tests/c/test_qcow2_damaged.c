@@ -41,8 +41,8 @@ static void wr(const char *path, long off, int bytes, uint64_t v)
 static const char *fresh(const char *tmpl)
 {
     char out[1024];
-    const char *d = tq_path("d.qcow2");
-    tq_sh(out, sizeof out, "cp '%s' '%s'", tq_path(tmpl), d);
+    const char *d = vt_path("d.qcow2");
+    vt_sh(out, sizeof out, "cp '%s' '%s'", vt_path(tmpl), d);
     return d;
 }
 
@@ -54,7 +54,7 @@ static void expect_open_fail(const char *what, const char *path, unsigned flags,
     vdk_open_opts o = {.format = "qcow2", .flags = flags | VDK_OPEN_NO_BACKING};
     vdk_image *img = NULL;
     int r = vdk_image_open(path, &o, &img, &err);
-    TQ_CHECK(r == code && strstr(err.msg, frag), "%s: want %s '%s', got %s '%s'", what,
+    VT_CHECK(r == code && strstr(err.msg, frag), "%s: want %s '%s', got %s '%s'", what,
              vdk_errname(code), frag, vdk_errname(r), err.msg);
     if (img)
         vdk_image_close(img, &err);
@@ -66,7 +66,7 @@ static vdk_image *open_ok(const char *what, const char *path, unsigned flags)
     vdk_open_opts o = {.format = "qcow2", .flags = flags | VDK_OPEN_NO_BACKING};
     vdk_image *img = NULL;
     int r = vdk_image_open(path, &o, &img, &err);
-    TQ_CHECK(r == 0, "%s: open failed: %s", what, err.msg);
+    VT_CHECK(r == 0, "%s: open failed: %s", what, err.msg);
     return r == 0 ? img : NULL;
 }
 
@@ -81,10 +81,10 @@ static void expect_read_fail(const char *what, const char *path, uint64_t off, u
     uint8_t *b = malloc(len);
     vdk_error err = {0};
     int r = vdk_image_pread(img, b, len, off, &err);
-    TQ_CHECK(r == VDK_ECORRUPT && strstr(err.msg, frag), "%s: read want CORRUPT '%s', got %s '%s'",
+    VT_CHECK(r == VDK_ECORRUPT && strstr(err.msg, frag), "%s: read want CORRUPT '%s', got %s '%s'",
              what, frag, vdk_errname(r), err.msg);
     r = vdk_image_pread(img, b, 512, good_off, &err);
-    TQ_CHECK(r == 0, "%s: read elsewhere failed: %s", what, err.msg);
+    VT_CHECK(r == 0, "%s: read elsewhere failed: %s", what, err.msg);
     free(b);
     vdk_image_close(img, &err);
 }
@@ -161,7 +161,7 @@ static void header_cases(void)
 static void table_cases(void)
 {
     const char *d;
-    uint64_t l1 = rd(tq_path("t.qcow2"), 40, 8), rt = rd(tq_path("t.qcow2"), 48, 8);
+    uint64_t l1 = rd(vt_path("t.qcow2"), 40, 8), rt = rd(vt_path("t.qcow2"), 48, 8);
     d = fresh("t.qcow2");
     wr(d, 40, 8, l1 + 0x1234);
     expect_open_fail("L1 unaligned", d, 0, VDK_ECORRUPT, "L1 table offset 0x");
@@ -218,7 +218,7 @@ static void extension_cases(void)
     wr(d, 112 + 4, 4, 1500); /* backing format extension length */
     expect_open_fail("backing format too long", d, 0, VDK_ECORRUPT, "backing");
     /* Snapshot entries. */
-    uint64_t so = rd(tq_path("ts.qcow2"), 64, 8);
+    uint64_t so = rd(vt_path("ts.qcow2"), 64, 8);
     d = fresh("ts.qcow2");
     wr(d, (long)so + 36, 4, 1 << 30);
     expect_open_fail("snapshot extra data huge", d, 0, VDK_ECORRUPT, "extra data");
@@ -235,7 +235,7 @@ static void extension_cases(void)
 
 static void entry_cases(void)
 {
-    const char *t = tq_path("t.qcow2"), *d;
+    const char *t = vt_path("t.qcow2"), *d;
     uint64_t l1 = rd(t, 40, 8), l2 = rd(t, (long)l1, 8) & UINT64_C(0x00fffffffffffe00);
     uint64_t e0 = rd(t, (long)l2, 8);
     d = fresh("t.qcow2");
@@ -251,7 +251,7 @@ static void entry_cases(void)
     if (img) { /* treated as unallocated, as QEMU does */
         uint8_t b[512];
         vdk_error err = {0};
-        TQ_OK(vdk_image_pread(img, b, 512, 65536, &err), &err);
+        VT_OK(vdk_image_pread(img, b, 512, 65536, &err), &err);
         vdk_image_close(img, &err);
     }
     d = fresh("t.qcow2");
@@ -261,7 +261,7 @@ static void entry_cases(void)
     wr(d, (long)l1, 8, (UINT64_C(1) << 48) | (UINT64_C(1) << 63));
     expect_read_fail("L1 entry past EOF", d, 0, 512, 600 << 20, "L2 table at");
     /* Compressed descriptor past the end of the file. */
-    const char *c = tq_path("tc.qcow2");
+    const char *c = vt_path("tc.qcow2");
     uint64_t cl1 = rd(c, 40, 8), cl2 = rd(c, (long)cl1, 8) & UINT64_C(0x00fffffffffffe00);
     d = fresh("tc.qcow2");
     wr(d, (long)cl2, 8, (UINT64_C(1) << 62) | (UINT64_C(0x7f) << 54) | (UINT64_C(1) << 40));
@@ -276,7 +276,7 @@ static void entry_cases(void)
         wr(d, (long)coff + i * 8, 8, UINT64_C(0xdeadbeefcafef00d) * (uint64_t)(i + 1));
     expect_read_fail("compressed garbage", d, 0, 512, 512 << 20, "decompress");
     /* Extended L2: allocated and zero bits together. */
-    const char *x = tq_path("tx.qcow2");
+    const char *x = vt_path("tx.qcow2");
     uint64_t xl1 = rd(x, 40, 8), xl2 = rd(x, (long)xl1, 8) & UINT64_C(0x00fffffffffffe00);
     d = fresh("tx.qcow2");
     wr(d, (long)xl2 + 8, 8, 0x0000000300000001);
@@ -303,12 +303,12 @@ static void write_cases(void)
         int r = 0;
         for (int i = 0; i < 64 && r == 0; i++)
             r = vdk_image_pwrite(img, b, sizeof b, (uint64_t)(100 + i) << 20, &err);
-        TQ_CHECK(r == VDK_ECORRUPT && strstr(err.msg, "overlap"), "overlap: got %s '%s'",
+        VT_CHECK(r == VDK_ECORRUPT && strstr(err.msg, "overlap"), "overlap: got %s '%s'",
                  vdk_errname(r), err.msg);
         r = vdk_image_pwrite(img, b, sizeof b, 0, &err);
-        TQ_CHECK(r < 0, "writes refused after corruption");
+        VT_CHECK(r < 0, "writes refused after corruption");
         vdk_image_close(img, &err);
-        TQ_CHECK(rd(d, 72, 8) & 2, "corrupt bit set on disk");
+        VT_CHECK(rd(d, 72, 8) & 2, "corrupt bit set on disk");
     }
     /* Refcount table entry unaligned: writing needs it, reading does not. */
     d = fresh("t.qcow2");
@@ -331,13 +331,13 @@ static void write_cases(void)
 
 int main(void)
 {
-    if (!tq_have_qemu()) {
+    if (!vt_have_qemu()) {
         printf("test_qcow2_damaged: qemu-img missing, skipped\n");
         return 0;
     }
-    tq_init();
+    vt_init();
     char out[4096];
-    int st = tq_sh(out, sizeof out,
+    int st = vt_sh(out, sizeof out,
                    "cd '%s' && qemu-img create -q -f qcow2 t.qcow2 1G && "
                    "qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 512M 64k' t.qcow2 >/dev/null && "
                    "qemu-img create -q -f qcow2 -o cluster_size=4k t4k.qcow2 1M && "
@@ -347,7 +347,7 @@ int main(void)
                    "qemu-img convert -c -O qcow2 t.qcow2 tc.qcow2 && "
                    "qemu-img create -q -f qcow2 -o extended_l2=on tx.qcow2 1M && "
                    "qemu-io -c 'write -P 4 0 4k' -c 'write -P 5 64k 4k' tx.qcow2 >/dev/null",
-                   tq_dir);
+                   vt_dir);
     if (st != 0) {
         fprintf(stderr, "setup failed: %s\n", out);
         return 1;
@@ -357,5 +357,5 @@ int main(void)
     extension_cases();
     entry_cases();
     write_cases();
-    return tq_finish("test_qcow2_damaged");
+    return vt_finish("test_qcow2_damaged");
 }

@@ -24,34 +24,34 @@ static bool expected_code(int r)
 /* Offsets worth mutating: the header cluster and the first metadata. */
 static long pick_offset(uint64_t *x, size_t len)
 {
-    switch (tq_below(x, 4)) {
+    switch (vt_below(x, 4)) {
     case 0:
-        return (long)tq_below(x, 112);
+        return (long)vt_below(x, 112);
     case 1:
-        return (long)tq_below(x, len < 4096 ? len : 4096);
+        return (long)vt_below(x, len < 4096 ? len : 4096);
     default:
-        return (long)tq_below(x, len < (1u << 20) ? len : (1u << 20));
+        return (long)vt_below(x, len < (1u << 20) ? len : (1u << 20));
     }
 }
 
 static void mutate(uint8_t *d, size_t len, uint64_t *x)
 {
-    int n = 1 + (int)tq_below(x, 4);
+    int n = 1 + (int)vt_below(x, 4);
     for (int i = 0; i < n; i++) {
         long off = pick_offset(x, len);
-        switch (tq_below(x, 4)) {
+        switch (vt_below(x, 4)) {
         case 0:
-            d[off] ^= (uint8_t)(1u << tq_below(x, 8));
+            d[off] ^= (uint8_t)(1u << vt_below(x, 8));
             break;
         case 1:
-            d[off] = (uint8_t)tq_rand(x);
+            d[off] = (uint8_t)vt_rand(x);
             break;
         case 2: /* a big-endian word with an interesting value */
             if ((size_t)off + 8 <= len) {
                 static const uint64_t vals[] = {0, 1, 0x200, 0x10000, 0xffffffff,
                                                 UINT64_C(0x8000000000000000), UINT64_MAX,
                                                 UINT64_C(0x00fffffffffffe00)};
-                uint64_t v = vals[tq_below(x, 8)];
+                uint64_t v = vals[vt_below(x, 8)];
                 for (int b = 0; b < 8; b++)
                     d[off + b] = (uint8_t)(v >> (56 - 8 * b));
             }
@@ -106,15 +106,15 @@ static int exercise(const char *path, int *code)
 
 int main(int argc, char **argv)
 {
-    if (!tq_have_qemu()) {
+    if (!vt_have_qemu()) {
         printf("test_qcow2_fuzz: qemu-img missing, skipped\n");
         return 0;
     }
-    tq_init();
+    vt_init();
     uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 1234;
     int iters = argc > 2 ? atoi(argv[2]) : 400;
     char out[4096];
-    int st = tq_sh(out, sizeof out,
+    int st = vt_sh(out, sizeof out,
                    "cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=4k f1.qcow2 8M && "
                    "qemu-io -c 'write -P 1 0 1M' -c 'write -z 2M 64k' f1.qcow2 >/dev/null && "
                    "qemu-img convert -c -O qcow2 -o cluster_size=4k f1.qcow2 f2.qcow2 && "
@@ -124,7 +124,7 @@ int main(int argc, char **argv)
                    "qemu-io -c 'write -P 4 0 100k' f4.qcow2 >/dev/null && "
                    "truncate -s 2M b.raw && qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=1k -b b.raw "
                    "-F raw f5.qcow2 4M && qemu-io -c 'write -P 5 0 20k' f5.qcow2 >/dev/null",
-                   tq_dir);
+                   vt_dir);
     if (st != 0) {
         fprintf(stderr, "setup failed: %s\n", out);
         return 1;
@@ -132,20 +132,20 @@ int main(int argc, char **argv)
     uint64_t x = seed;
     int opened = 0;
     for (int i = 0; i < iters; i++) {
-        const char *t = templates[tq_below(&x, 5)];
+        const char *t = templates[vt_below(&x, 5)];
         size_t len = 0;
-        uint8_t *d = tq_read_file(tq_path(t), &len);
+        uint8_t *d = vt_read_file(vt_path(t), &len);
         if (!d)
             continue;
         mutate(d, len, &x);
-        tq_write_file(tq_path("m.qcow2"), d, len);
+        vt_write_file(vt_path("m.qcow2"), d, len);
         free(d);
         int code = 0;
-        if (exercise(tq_path("m.qcow2"), &code) < 0)
-            TQ_CHECK(0, "iteration %d (%s): unexpected result %d (%s)", i, t, code,
+        if (exercise(vt_path("m.qcow2"), &code) < 0)
+            VT_CHECK(0, "iteration %d (%s): unexpected result %d (%s)", i, t, code,
                      vdk_errname(code));
         opened += code == 0;
     }
     printf("test_qcow2_fuzz: %d mutants, %d opened cleanly\n", iters, opened);
-    return tq_finish("test_qcow2_fuzz");
+    return vt_finish("test_qcow2_fuzz");
 }

@@ -99,15 +99,15 @@ static void check_status(vdk_image *img, const uint8_t *data, uint64_t size, con
         vdk_extent e;
         int r = vdk_image_block_status(img, off, size - off, 0, &e, &err);
         if (r < 0) {
-            TQ_CHECK(0, "%s: block status at %llu: %s", name, (unsigned long long)off, err.msg);
+            VT_CHECK(0, "%s: block status at %llu: %s", name, (unsigned long long)off, err.msg);
             return;
         }
-        TQ_CHECK(e.start == off && e.length > 0 && e.length <= size - off, "%s: bad extent",
+        VT_CHECK(e.start == off && e.length > 0 && e.length <= size - off, "%s: bad extent",
                  name);
         if (e.flags & VDK_BS_ZERO)
             for (uint64_t i = 0; i < e.length; i++)
                 if (data[off + i]) {
-                    TQ_CHECK(0, "%s: extent at %llu says zero, data at +%llu is not", name,
+                    VT_CHECK(0, "%s: extent at %llu says zero, data at +%llu is not", name,
                              (unsigned long long)off, (unsigned long long)i);
                     return;
                 }
@@ -118,51 +118,51 @@ static void check_status(vdk_image *img, const uint8_t *data, uint64_t size, con
 static void run_recipe(const recipe *rc)
 {
     char out[4096];
-    int before = tq_failures;
-    int st = tq_sh(out, sizeof out, "cd '%s' && rm -f img.qcow2 b1.qcow2 b2.qcow2 && %s", tq_dir,
+    int before = vt_failures;
+    int st = vt_sh(out, sizeof out, "cd '%s' && rm -f img.qcow2 b1.qcow2 b2.qcow2 && %s", vt_dir,
                    rc->sh);
     if (st != 0) {
-        TQ_CHECK(0, "%s: recipe failed: %s", rc->name, out);
+        VT_CHECK(0, "%s: recipe failed: %s", rc->name, out);
         return;
     }
-    st = tq_sh(out, sizeof out, "cd '%s' && qemu-img convert -O raw img.qcow2 out.raw", tq_dir);
-    TQ_CHECK(st == 0, "%s: qemu-img convert: %s", rc->name, out);
+    st = vt_sh(out, sizeof out, "cd '%s' && qemu-img convert -O raw img.qcow2 out.raw", vt_dir);
+    VT_CHECK(st == 0, "%s: qemu-img convert: %s", rc->name, out);
     size_t len = 0;
-    uint8_t *want = tq_read_file(tq_path("out.raw"), &len);
+    uint8_t *want = vt_read_file(vt_path("out.raw"), &len);
     vdk_error err = {0};
-    vdk_image *img = tq_open(tq_path("img.qcow2"), 0, &err);
-    TQ_CHECK(img != NULL, "%s: open: %s", rc->name, err.msg);
+    vdk_image *img = vt_open(vt_path("img.qcow2"), 0, &err);
+    VT_CHECK(img != NULL, "%s: open: %s", rc->name, err.msg);
     if (img && want) {
-        TQ_CHECK(vdk_image_size(img) == len, "%s: size %llu, qemu says %zu", rc->name,
+        VT_CHECK(vdk_image_size(img) == len, "%s: size %llu, qemu says %zu", rc->name,
                  (unsigned long long)vdk_image_size(img), len);
         if (vdk_image_size(img) == len) {
-            tq_compare_image(img, want, len, rc->name);
+            vt_compare_image(img, want, len, rc->name);
             check_status(img, want, len, rc->name);
         }
     }
     if (img)
         vdk_image_close(img, &err);
     free(want);
-    printf("  %-32s %s\n", rc->name, tq_failures != before ? "FAILED" : "ok");
+    printf("  %-32s %s\n", rc->name, vt_failures != before ? "FAILED" : "ok");
     fflush(stdout);
 }
 
 int main(void)
 {
-    if (!tq_have_qemu()) {
+    if (!vt_have_qemu()) {
         printf("test_qcow2_interop: qemu-img/qemu-io missing, skipped\n");
         return 0;
     }
-    tq_init();
+    vt_init();
     /* 8 MiB source: patterned data with holes and runs of zeros. */
     uint64_t n = 8u << 20;
     uint8_t *src = calloc(1, n);
     for (uint64_t i = 0; i < n; i += 65536)
         if ((i / 65536) % 5 != 3)
-            tq_fill(src + i, (i / 65536) % 3 ? 65536 : 20000, i + 7);
-    tq_write_file(tq_path("src.raw"), src, n);
+            vt_fill(src + i, (i / 65536) % 3 ? 65536 : 20000, i + 7);
+    vt_write_file(vt_path("src.raw"), src, n);
     free(src);
     for (size_t i = 0; i < sizeof recipes / sizeof recipes[0]; i++)
         run_recipe(&recipes[i]);
-    return tq_finish("test_qcow2_interop");
+    return vt_finish("test_qcow2_interop");
 }

@@ -46,7 +46,7 @@ static uint64_t my_block(worker *w)
 {
     uint64_t nb = w->sh->size / BLOCK;
     for (;;) {
-        uint64_t b = tq_below(&w->x, nb);
+        uint64_t b = vt_below(&w->x, nb);
         if (owner(b) == w->id)
             return b;
     }
@@ -59,19 +59,19 @@ static void *phase1(void *arg)
     uint8_t buf[BLOCK], back[BLOCK];
     vdk_error err = {0};
     for (int i = 0; i < sh->ops && !w->errors; i++) {
-        uint64_t b = my_block(w), a = tq_below(&w->x, BLOCK), len = 1 + tq_below(&w->x, BLOCK - a);
+        uint64_t b = my_block(w), a = vt_below(&w->x, BLOCK), len = 1 + vt_below(&w->x, BLOCK - a);
         uint64_t off = b * BLOCK + a;
-        tq_fill(buf, len, tq_rand(&w->x));
+        vt_fill(buf, len, vt_rand(&w->x));
         if (vdk_image_pwrite(sh->img, buf, len, off, &err) < 0)
             fail(w, "write", &err);
         memcpy(sh->cur + off, buf, len);
-        if (tq_below(&w->x, 4) == 0) {
+        if (vt_below(&w->x, 4) == 0) {
             if (vdk_image_pread(sh->img, back, BLOCK, b * BLOCK, &err) < 0)
                 fail(w, "read", &err);
             else if (memcmp(back, sh->cur + b * BLOCK, BLOCK))
                 fail(w, "read back differs", NULL);
         }
-        if (tq_below(&w->x, 50) == 0 && vdk_image_flush(sh->img, &err) < 0)
+        if (vt_below(&w->x, 50) == 0 && vdk_image_flush(sh->img, &err) < 0)
             fail(w, "flush", &err);
     }
     return NULL;
@@ -86,10 +86,10 @@ static void *phase2(void *arg)
     uint8_t *buf = malloc(256 * 1024);
     vdk_error err = {0};
     for (int i = 0; i < sh->ops / 4 && !w->errors; i++) {
-        uint64_t off = tq_below(&x, sh->size), len = 1 + tq_below(&x, 256 * 1024);
+        uint64_t off = vt_below(&x, sh->size), len = 1 + vt_below(&x, 256 * 1024);
         if (len > sh->size - off)
             len = sh->size - off;
-        tq_fill(buf, len, off * 31 + len);
+        vt_fill(buf, len, off * 31 + len);
         if (vdk_image_pwrite(sh->img, buf, len, off, &err) < 0)
             fail(w, "write", &err);
         if (w->id == 0)
@@ -106,15 +106,15 @@ static void cluster_op(worker *w, uint64_t c, uint8_t *buf)
     vdk_error err = {0};
     if (off + len > sh->size)
         len = sh->size - off;
-    switch (tq_below(&w->x, 5)) {
+    switch (vt_below(&w->x, 5)) {
     case 0:
-        tq_fill(buf, len, tq_rand(&w->x));
+        vt_fill(buf, len, vt_rand(&w->x));
         if (vdk_image_pwrite_compressed(sh->img, buf, len, off, &err) < 0)
             fail(w, "compressed write", &err);
         memcpy(sh->cur + off, buf, len);
         break;
     case 1:
-        if (vdk_image_write_zeroes(sh->img, len, off, tq_below(&w->x, 2) ? VDK_ZERO_MAY_UNMAP : 0,
+        if (vdk_image_write_zeroes(sh->img, len, off, vt_below(&w->x, 2) ? VDK_ZERO_MAY_UNMAP : 0,
                                    &err) < 0)
             fail(w, "zero", &err);
         memset(sh->cur + off, 0, len);
@@ -127,8 +127,8 @@ static void cluster_op(worker *w, uint64_t c, uint8_t *buf)
         memset(sh->cur + off, 0, len);
         break;
     default: {
-        uint64_t a = tq_below(&w->x, len), n = 1 + tq_below(&w->x, len - a);
-        tq_fill(buf, n, tq_rand(&w->x));
+        uint64_t a = vt_below(&w->x, len), n = 1 + vt_below(&w->x, len - a);
+        vt_fill(buf, n, vt_rand(&w->x));
         if (vdk_image_pwrite(sh->img, buf, n, off + a, &err) < 0)
             fail(w, "write", &err);
         memcpy(sh->cur + off + a, buf, n);
@@ -143,7 +143,7 @@ static void *phase3(void *arg)
     uint8_t *buf = malloc(sh->cs);
     uint64_t nc = (sh->size + sh->cs - 1) / sh->cs;
     for (int i = 0; i < sh->ops / 2 && !w->errors; i++) {
-        uint64_t c = tq_below(&w->x, nc);
+        uint64_t c = vt_below(&w->x, nc);
         c -= c % NTHREADS;
         c += (uint64_t)w->id;
         if (c < nc)
@@ -163,54 +163,54 @@ static void run_phase(shared *sh, void *(*fn)(void *), uint64_t seed, const char
     }
     for (int i = 0; i < NTHREADS; i++) {
         pthread_join(t[i], NULL);
-        TQ_CHECK(w[i].errors == 0, "%s: %s", name, w[i].msg);
+        VT_CHECK(w[i].errors == 0, "%s: %s", name, w[i].msg);
     }
 }
 
 static void run_cfg(const char *name, uint64_t size, const vdk_kv *kv, size_t n, bool backing,
                     bool v3, uint64_t seed)
 {
-    int before = tq_failures;
-    const char *path = tq_path("par.qcow2");
+    int before = vt_failures;
+    const char *path = vt_path("par.qcow2");
     vdk_error err = {0};
     shared sh = {.size = size, .v3 = v3, .ops = 3000};
     sh.cur = calloc(1, size);
     if (backing) {
-        tq_fill(sh.cur, size / 2, seed);
-        tq_write_file(tq_path("base.raw"), sh.cur, size / 2);
+        vt_fill(sh.cur, size / 2, seed);
+        vt_write_file(vt_path("base.raw"), sh.cur, size / 2);
     }
     unlink(path);
-    TQ_OK(vdk_image_create(path, "qcow2", size, kv, n, &err), &err);
-    sh.img = tq_open(path, VDK_OPEN_RDWR, &err);
-    TQ_CHECK(sh.img != NULL, "%s: open: %s", name, err.msg);
+    VT_OK(vdk_image_create(path, "qcow2", size, kv, n, &err), &err);
+    sh.img = vt_open(path, VDK_OPEN_RDWR, &err);
+    VT_CHECK(sh.img != NULL, "%s: open: %s", name, err.msg);
     if (sh.img) {
         sh.cs = vdk_image_cluster_size(sh.img);
         run_phase(&sh, phase1, seed, name);
         run_phase(&sh, phase2, seed, name);
         if (!backing)
             run_phase(&sh, phase3, seed, name);
-        TQ_OK(vdk_image_close(sh.img, &err), &err);
-        vdk_image *img = tq_open(path, 0, &err);
+        VT_OK(vdk_image_close(sh.img, &err), &err);
+        vdk_image *img = vt_open(path, 0, &err);
         if (img) {
-            tq_compare_image(img, sh.cur, size, name);
+            vt_compare_image(img, sh.cur, size, name);
             vdk_image_close(img, &err);
         }
         tq_qemu_check(path, name);
-        tq_write_file(tq_path("oracle.raw"), sh.cur, size);
-        tq_qemu_compare(path, tq_path("oracle.raw"), name);
+        vt_write_file(vt_path("oracle.raw"), sh.cur, size);
+        tq_qemu_compare(path, vt_path("oracle.raw"), name);
     }
     free(sh.cur);
-    printf("  %-24s %s\n", name, tq_failures != before ? "FAILED" : "ok");
+    printf("  %-24s %s\n", name, vt_failures != before ? "FAILED" : "ok");
     fflush(stdout);
 }
 
 int main(int argc, char **argv)
 {
-    if (!tq_have_qemu()) {
+    if (!vt_have_qemu()) {
         printf("test_qcow2_parallel: qemu-img missing, skipped\n");
         return 0;
     }
-    tq_init();
+    vt_init();
     uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 7;
     vdk_kv def[] = {{"cluster_size", "65536"}};
     vdk_kv small[] = {{"cluster_size", "4096"}, {"refcount_bits", "8"}};
@@ -227,5 +227,5 @@ int main(int argc, char **argv)
     run_cfg("v2 8k", 8 << 20, v2, 2, false, false, seed);
     run_cfg("64k backing", 16 << 20, back, 2, true, true, seed);
     run_cfg("64k backing extended l2", 16 << 20, backext, 3, true, true, seed);
-    return tq_finish("test_qcow2_parallel");
+    return vt_finish("test_qcow2_parallel");
 }

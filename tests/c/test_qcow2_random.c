@@ -34,19 +34,19 @@ static void make_base(run *R, const char *bpath)
 {
     const cfg *c = R->c;
     uint64_t blen = c->size * 3 / 4;
-    tq_fill(R->base, blen, R->x);
+    vt_fill(R->base, blen, R->x);
     memcpy(R->cur, R->base, c->size);
     if (c->backing == 1) {
-        TQ_CHECK(tq_write_file(bpath, R->base, blen) == 0, "write base");
+        VT_CHECK(vt_write_file(bpath, R->base, blen) == 0, "write base");
         return;
     }
     vdk_error err = {0};
-    TQ_OK(vdk_image_create(bpath, "qcow2", blen, NULL, 0, &err), &err);
-    vdk_image *b = tq_open(bpath, VDK_OPEN_RDWR, &err);
-    TQ_CHECK(b != NULL, "open base: %s", err.msg);
+    VT_OK(vdk_image_create(bpath, "qcow2", blen, NULL, 0, &err), &err);
+    vdk_image *b = vt_open(bpath, VDK_OPEN_RDWR, &err);
+    VT_CHECK(b != NULL, "open base: %s", err.msg);
     if (b) {
-        TQ_OK(vdk_image_pwrite(b, R->base, blen, 0, &err), &err);
-        TQ_OK(vdk_image_close(b, &err), &err);
+        VT_OK(vdk_image_pwrite(b, R->base, blen, 0, &err), &err);
+        VT_OK(vdk_image_close(b, &err), &err);
     }
 }
 
@@ -70,7 +70,7 @@ static int create_image(run *R)
     }
     vdk_error err = {0};
     int r = vdk_image_create(R->path, "qcow2", c->size, kv, (size_t)n, &err);
-    TQ_OK(r, &err);
+    VT_OK(r, &err);
     return r;
 }
 
@@ -78,9 +78,9 @@ static void reopen(run *R)
 {
     vdk_error err = {0};
     if (R->img)
-        TQ_OK(vdk_image_close(R->img, &err), &err);
-    R->img = tq_open(R->path, VDK_OPEN_RDWR, &err);
-    TQ_CHECK(R->img != NULL, "reopen %s: %s", R->c->name, err.msg);
+        VT_OK(vdk_image_close(R->img, &err), &err);
+    R->img = vt_open(R->path, VDK_OPEN_RDWR, &err);
+    VT_CHECK(R->img != NULL, "reopen %s: %s", R->c->name, err.msg);
 }
 
 static bool trace;
@@ -89,46 +89,46 @@ static bool trace;
 static void op_write(run *R, uint8_t *buf)
 {
     uint64_t size = R->c->size, off, len;
-    if (tq_below(&R->x, 4) == 0) { /* cluster aligned, several clusters */
-        off = tq_below(&R->x, size / R->cs) * R->cs;
-        len = (1 + tq_below(&R->x, 8)) * R->cs;
+    if (vt_below(&R->x, 4) == 0) { /* cluster aligned, several clusters */
+        off = vt_below(&R->x, size / R->cs) * R->cs;
+        len = (1 + vt_below(&R->x, 8)) * R->cs;
     } else {
-        off = tq_below(&R->x, size);
-        len = 1 + tq_below(&R->x, 3 * R->cs + 70000);
+        off = vt_below(&R->x, size);
+        len = 1 + vt_below(&R->x, 3 * R->cs + 70000);
     }
     if (len > size - off)
         len = size - off;
     if (len > (4u << 20))
         len = 4u << 20;
-    tq_fill(buf, len, tq_rand(&R->x));
+    vt_fill(buf, len, vt_rand(&R->x));
     vdk_error err = {0};
     TRACE("write %llu +%llu\n", (unsigned long long)off, (unsigned long long)len);
-    TQ_OK(vdk_image_pwrite(R->img, buf, len, off, &err), &err);
+    VT_OK(vdk_image_pwrite(R->img, buf, len, off, &err), &err);
     memcpy(R->cur + off, buf, len);
 }
 
 static void op_zero(run *R)
 {
-    uint64_t size = R->c->size, off = tq_below(&R->x, size);
-    uint64_t len = 1 + tq_below(&R->x, 4 * R->cs + 100000);
+    uint64_t size = R->c->size, off = vt_below(&R->x, size);
+    uint64_t len = 1 + vt_below(&R->x, 4 * R->cs + 100000);
     if (len > size - off)
         len = size - off;
-    unsigned flags = tq_below(&R->x, 2) ? VDK_ZERO_MAY_UNMAP : 0;
+    unsigned flags = vt_below(&R->x, 2) ? VDK_ZERO_MAY_UNMAP : 0;
     vdk_error err = {0};
     TRACE("zero %llu +%llu %u\n", (unsigned long long)off, (unsigned long long)len, flags);
-    TQ_OK(vdk_image_write_zeroes(R->img, len, off, flags, &err), &err);
+    VT_OK(vdk_image_write_zeroes(R->img, len, off, flags, &err), &err);
     memset(R->cur + off, 0, len);
 }
 
 static void op_discard(run *R)
 {
-    uint64_t size = R->c->size, off = tq_below(&R->x, size);
-    uint64_t len = 1 + tq_below(&R->x, 6 * R->cs);
+    uint64_t size = R->c->size, off = vt_below(&R->x, size);
+    uint64_t len = 1 + vt_below(&R->x, 6 * R->cs);
     if (len > size - off)
         len = size - off;
     vdk_error err = {0};
     TRACE("discard %llu +%llu\n", (unsigned long long)off, (unsigned long long)len);
-    TQ_OK(vdk_image_discard(R->img, len, off, &err), &err);
+    VT_OK(vdk_image_discard(R->img, len, off, &err), &err);
     uint64_t a = (off + R->cs - 1) / R->cs * R->cs, b = (off + len) / R->cs * R->cs;
     if (off + len == size)
         b = size;
@@ -139,37 +139,37 @@ static void op_discard(run *R)
 static void op_compressed(run *R, uint8_t *buf)
 {
     uint64_t size = R->c->size, nclusters = (size + R->cs - 1) / R->cs;
-    uint64_t c0 = tq_below(&R->x, nclusters), k = 1 + tq_below(&R->x, 4);
+    uint64_t c0 = vt_below(&R->x, nclusters), k = 1 + vt_below(&R->x, 4);
     if (c0 + k > nclusters)
         k = nclusters - c0;
     uint64_t off = c0 * R->cs, len = k * R->cs;
     if (off + len > size)
         len = size - off;
-    if (tq_below(&R->x, 3) == 0)
-        memset(buf, (int)tq_below(&R->x, 256), len); /* very compressible */
+    if (vt_below(&R->x, 3) == 0)
+        memset(buf, (int)vt_below(&R->x, 256), len); /* very compressible */
     else
-        tq_fill(buf, len, tq_rand(&R->x));
+        vt_fill(buf, len, vt_rand(&R->x));
     vdk_error err = {0};
     TRACE("compressed %llu +%llu\n", (unsigned long long)off, (unsigned long long)len);
-    TQ_OK(vdk_image_pwrite_compressed(R->img, buf, len, off, &err), &err);
+    VT_OK(vdk_image_pwrite_compressed(R->img, buf, len, off, &err), &err);
     memcpy(R->cur + off, buf, len);
 }
 
 static void op_read(run *R, uint8_t *buf)
 {
-    uint64_t size = R->c->size, off = tq_below(&R->x, size);
-    uint64_t len = 1 + tq_below(&R->x, 3 * R->cs + 5000);
+    uint64_t size = R->c->size, off = vt_below(&R->x, size);
+    uint64_t len = 1 + vt_below(&R->x, 3 * R->cs + 5000);
     if (len > size - off)
         len = size - off;
     if (len > (4u << 20))
         len = 4u << 20;
     vdk_error err = {0};
-    TQ_OK(vdk_image_pread(R->img, buf, len, off, &err), &err);
+    VT_OK(vdk_image_pread(R->img, buf, len, off, &err), &err);
     if (memcmp(buf, R->cur + off, len) != 0) {
         size_t i = 0;
         while (buf[i] == R->cur[off + i])
             i++;
-        TQ_CHECK(0, "%s: read at %llu differs at +%zu", R->c->name, (unsigned long long)off, i);
+        VT_CHECK(0, "%s: read at %llu differs at +%zu", R->c->name, (unsigned long long)off, i);
     }
 }
 
@@ -177,9 +177,9 @@ static void workload(run *R, int nops)
 {
     uint8_t *buf = malloc(8u << 20);
     vdk_error err = {0};
-    int start_failures = tq_failures;
-    for (int i = 0; i < nops && R->img && tq_failures == start_failures; i++) {
-        uint64_t k = tq_below(&R->x, 100);
+    int start_failures = vt_failures;
+    for (int i = 0; i < nops && R->img && vt_failures == start_failures; i++) {
+        uint64_t k = vt_below(&R->x, 100);
         if (k < 45)
             op_write(R, buf);
         else if (k < 58)
@@ -189,7 +189,7 @@ static void workload(run *R, int nops)
         else if (k < 80 && R->c->compress)
             op_compressed(R, buf);
         else if (k < 86)
-            TQ_OK(vdk_image_flush(R->img, &err), &err);
+            VT_OK(vdk_image_flush(R->img, &err), &err);
         else if (k < 89)
             reopen(R);
         else
@@ -202,17 +202,17 @@ static void check_result(run *R)
 {
     vdk_error err = {0};
     if (R->img)
-        TQ_OK(vdk_image_close(R->img, &err), &err);
-    R->img = tq_open(R->path, 0, &err);
-    TQ_CHECK(R->img != NULL, "final open %s: %s", R->c->name, err.msg);
+        VT_OK(vdk_image_close(R->img, &err), &err);
+    R->img = vt_open(R->path, 0, &err);
+    VT_CHECK(R->img != NULL, "final open %s: %s", R->c->name, err.msg);
     if (!R->img)
         return;
-    tq_compare_image(R->img, R->cur, R->c->size, R->c->name);
-    TQ_OK(vdk_image_close(R->img, &err), &err);
+    vt_compare_image(R->img, R->cur, R->c->size, R->c->name);
+    VT_OK(vdk_image_close(R->img, &err), &err);
     R->img = NULL;
     tq_qemu_check(R->path, R->c->name);
-    const char *raw = tq_path("oracle.raw");
-    tq_write_file(raw, R->cur, R->c->size);
+    const char *raw = vt_path("oracle.raw");
+    vt_write_file(raw, R->cur, R->c->size);
     tq_qemu_compare(R->path, raw, R->c->name);
 }
 
@@ -220,9 +220,9 @@ static void take_snapshot(run *R, int k)
 {
     vdk_error err = {0};
     char out[4096];
-    TQ_OK(vdk_image_close(R->img, &err), &err);
+    VT_OK(vdk_image_close(R->img, &err), &err);
     R->img = NULL;
-    TQ_CHECK(tq_sh(out, sizeof out, "qemu-img snapshot -c s%d '%s'", k, R->path) == 0,
+    VT_CHECK(vt_sh(out, sizeof out, "qemu-img snapshot -c s%d '%s'", k, R->path) == 0,
              "snapshot: %s", out);
     reopen(R);
 }
@@ -230,29 +230,29 @@ static void take_snapshot(run *R, int k)
 static void check_snapshot(run *R, int k, const uint8_t *want)
 {
     char out[4096];
-    const char *raw = tq_path("snap.raw");
-    int st = tq_sh(out, sizeof out, "cd '%s' && qemu-img convert -l snapshot.name=s%d -O raw '%s' '%s'",
-                   tq_dir, k, R->path, raw);
-    TQ_CHECK(st == 0, "%s: convert snapshot s%d: %s", R->c->name, k, out);
+    const char *raw = vt_path("snap.raw");
+    int st = vt_sh(out, sizeof out, "cd '%s' && qemu-img convert -l snapshot.name=s%d -O raw '%s' '%s'",
+                   vt_dir, k, R->path, raw);
+    VT_CHECK(st == 0, "%s: convert snapshot s%d: %s", R->c->name, k, out);
     size_t n = 0;
-    uint8_t *got = tq_read_file(raw, &n);
-    TQ_CHECK(got && n == R->c->size && !memcmp(got, want, n), "%s: snapshot s%d changed",
+    uint8_t *got = vt_read_file(raw, &n);
+    VT_CHECK(got && n == R->c->size && !memcmp(got, want, n), "%s: snapshot s%d changed",
              R->c->name, k);
     free(got);
 }
 
 static void run_cfg(const cfg *c, uint64_t seed)
 {
-    int before = tq_failures;
+    int before = vt_failures;
     run R = {.c = c, .x = (seed ^ ((uint64_t)(unsigned char)c->name[0] * 7919)) + 1};
     R.cs = c->cluster_size ? strtoull(c->cluster_size, NULL, 10) : 65536;
     R.v2 = c->compat && !strcmp(c->compat, "0.10");
     R.cur = calloc(1, c->size);
     R.base = calloc(1, c->size);
-    R.path = tq_path("img.qcow2");
+    R.path = vt_path("img.qcow2");
     unlink(R.path);
     if (c->backing)
-        make_base(&R, tq_path("base.img"));
+        make_base(&R, vt_path("base.img"));
     uint8_t *snap[4] = {0};
     if (create_image(&R) == 0) {
         reopen(&R);
@@ -273,11 +273,11 @@ static void run_cfg(const cfg *c, uint64_t seed)
         vdk_error err = {0};
         vdk_image_close(R.img, &err);
     }
-    printf("  %-28s %s\n", c->name, tq_failures != before ? "FAILED" : "ok");
+    printf("  %-28s %s\n", c->name, vt_failures != before ? "FAILED" : "ok");
     fflush(stdout);
     free(R.cur);
     free(R.base);
-    unlink(tq_path("base.img"));
+    unlink(vt_path("base.img"));
 }
 
 static const cfg cfgs[] = {
@@ -307,11 +307,11 @@ static const cfg cfgs[] = {
 
 int main(int argc, char **argv)
 {
-    if (!tq_have_qemu()) {
+    if (!vt_have_qemu()) {
         printf("test_qcow2_random: qemu-img/qemu-io missing, skipped\n");
         return 0;
     }
-    tq_init();
+    vt_init();
     uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 20240601;
     trace = getenv("TQ_TRACE") != NULL;
     const char *only = getenv("TQ_ONLY");
@@ -319,5 +319,5 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
         if (!only || strcmp(only, cfgs[i].name) == 0)
             run_cfg(&cfgs[i], seed + i);
-    return tq_finish("test_qcow2_random");
+    return vt_finish("test_qcow2_random");
 }

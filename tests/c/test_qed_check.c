@@ -22,13 +22,13 @@ static void make_image(const char *p, uint8_t data[NDATA][CS])
 {
     vdk_error err = {0};
     const char *kv[] = {"cluster_size", "4096", "table_size", "2", NULL};
-    QOK(tqed_create(p, 64 << 20, kv, &err), &err);
-    vdk_image *img = tqed_open(p, VDK_OPEN_RDWR, &err);
+    VT_OK(tqed_create(p, 64 << 20, kv, &err), &err);
+    vdk_image *img = vt_open(p, VDK_OPEN_RDWR, &err);
     for (int i = 0; img && i < NDATA; i++) {
-        tqed_fill(data[i], CS, (uint64_t)i + 100);
-        QOK(vdk_image_pwrite(img, data[i], CS, guest_of(i), &err), &err);
+        vt_fill(data[i], CS, (uint64_t)i + 100);
+        VT_OK(vdk_image_pwrite(img, data[i], CS, guest_of(i), &err), &err);
     }
-    QOK(vdk_image_close(img, &err), &err);
+    VT_OK(vdk_image_close(img, &err), &err);
 }
 
 /* Offsets in the file: L1 at 4096 (2 clusters), then data and tables. */
@@ -49,22 +49,22 @@ static uint64_t json_num(const char *js, const char *key)
 
 static void compare_with_qemu(const char *p, const qed_check_report *rep, const char *ctx)
 {
-    if (!tqed_have_qemu())
+    if (!vt_have_qemu())
         return;
     char js[8192];
-    tqed_sh(js, sizeof js, "qemu-img check -f qed --output=json '%s'", p);
-    QCHECK(json_num(js, "corruptions") == rep->corruptions, "%s: corruptions %llu, qemu %llu",
+    vt_sh(js, sizeof js, "qemu-img check -f qed --output=json '%s'", p);
+    VT_CHECK(json_num(js, "corruptions") == rep->corruptions, "%s: corruptions %llu, qemu %llu",
            ctx, (unsigned long long)rep->corruptions,
            (unsigned long long)json_num(js, "corruptions"));
-    QCHECK(json_num(js, "leaks") == rep->leaks, "%s: leaks %llu, qemu %llu", ctx,
+    VT_CHECK(json_num(js, "leaks") == rep->leaks, "%s: leaks %llu, qemu %llu", ctx,
            (unsigned long long)rep->leaks, (unsigned long long)json_num(js, "leaks"));
-    QCHECK(json_num(js, "allocated-clusters") == rep->allocated_clusters,
+    VT_CHECK(json_num(js, "allocated-clusters") == rep->allocated_clusters,
            "%s: allocated %llu, qemu %llu", ctx, (unsigned long long)rep->allocated_clusters,
            (unsigned long long)json_num(js, "allocated-clusters"));
-    QCHECK(json_num(js, "fragmented-clusters") == rep->fragmented_clusters,
+    VT_CHECK(json_num(js, "fragmented-clusters") == rep->fragmented_clusters,
            "%s: fragmented %llu, qemu %llu", ctx, (unsigned long long)rep->fragmented_clusters,
            (unsigned long long)json_num(js, "fragmented-clusters"));
-    QCHECK(json_num(js, "total-clusters") == rep->total_clusters, "%s: total clusters", ctx);
+    VT_CHECK(json_num(js, "total-clusters") == rep->total_clusters, "%s: total clusters", ctx);
 }
 
 static bool has_problem(const qed_check_report *rep, int kind, int fix)
@@ -108,7 +108,7 @@ static void d_leak_tail(const char *p)
 {
     uint8_t junk[3 * CS];
     memset(junk, 0x3c, sizeof junk);
-    tqed_patch(p, tqed_file_size(p), junk, sizeof junk);
+    vt_patch(p, vt_file_size(p), junk, sizeof junk);
 }
 static void d_leak_middle(const char *p) { tqed_patch_le64(p, l2_slot(p, 0, 7), 0); }
 
@@ -148,19 +148,19 @@ static void expected(const dcase *c, uint8_t data[NDATA][CS], int i, uint8_t *wa
 static void check_content(const char *p, const dcase *c, uint8_t data[NDATA][CS])
 {
     vdk_error err = {0};
-    vdk_image *img = tqed_open(p, 0, &err);
-    QCHECK(img != NULL, "%s: open after repair: %s", c->name, err.msg);
+    vdk_image *img = vt_open(p, 0, &err);
+    VT_CHECK(img != NULL, "%s: open after repair: %s", c->name, err.msg);
     uint8_t want[CS];
     for (int i = 0; img && i < NDATA; i++) {
         expected(c, data, i, want);
         char what[80];
         snprintf(what, sizeof what, "%s cluster %d", c->name, i);
-        tqed_compare_at(img, guest_of(i), want, CS, what);
+        vt_compare_at(img, guest_of(i), want, CS, what);
     }
     /* The shared-table damage mapped guest 8 MiB like the first table. */
     if (img && c->damage == d_shared_table) {
         uint8_t z[CS] = {0};
-        tqed_compare_at(img, UINT64_C(8) << 20, z, CS, "shared table cleared");
+        vt_compare_at(img, UINT64_C(8) << 20, z, CS, "shared table cleared");
     }
     vdk_image_close(img, NULL);
 }
@@ -169,46 +169,46 @@ static void run_case(const dcase *c, uint8_t data[NDATA][CS])
 {
     char name[64];
     snprintf(name, sizeof name, "%s.qed", c->name);
-    const char *p = tqed_path(name);
+    const char *p = vt_path(name);
     make_image(p, data);
     c->damage(p);
     vdk_error err = {0};
     /* The scan, read-only, against qemu-img check. */
-    vdk_image *img = tqed_open(p, 0, &err);
-    QCHECK(img != NULL, "%s: read-only open: %s", c->name, err.msg);
+    vdk_image *img = vt_open(p, 0, &err);
+    VT_CHECK(img != NULL, "%s: read-only open: %s", c->name, err.msg);
     if (!img)
         return;
     qed_check_report rep;
-    QOK(qed_check_image(img, 0, &rep, &err), &err);
+    VT_OK(qed_check_image(img, 0, &rep, &err), &err);
     int ck = c->check_kind ? c->check_kind : c->kind;
-    QCHECK(has_problem(&rep, ck, QED_FIX_NONE), "%s: no %s reported", c->name,
+    VT_CHECK(has_problem(&rep, ck, QED_FIX_NONE), "%s: no %s reported", c->name,
            qed_problem_name(ck));
     compare_with_qemu(p, &rep, c->name);
     qed_check_report_free(&rep);
     /* A dry run plans the fix and writes nothing. */
-    uint64_t size = tqed_file_size(p);
-    QOK(qed_check_image(img, QED_REPAIR_LEAKS | QED_REPAIR_ERRORS | QED_REPAIR_DRY_RUN, &rep,
+    uint64_t size = vt_file_size(p);
+    VT_OK(qed_check_image(img, QED_REPAIR_LEAKS | QED_REPAIR_ERRORS | QED_REPAIR_DRY_RUN, &rep,
                         &err),
         &err);
-    QCHECK(has_problem(&rep, c->kind, c->fix), "%s: dry run does not plan %s", c->name,
+    VT_CHECK(has_problem(&rep, c->kind, c->fix), "%s: dry run does not plan %s", c->name,
            qed_fix_name(c->fix));
-    QCHECK(rep.corruptions_fixed == 0 && rep.leaks_fixed == 0, "%s: dry run fixed", c->name);
+    VT_CHECK(rep.corruptions_fixed == 0 && rep.leaks_fixed == 0, "%s: dry run fixed", c->name);
     qed_check_report_free(&rep);
     vdk_image_close(img, NULL);
-    QCHECK(tqed_file_size(p) == size, "%s: dry run changed the file", c->name);
+    VT_CHECK(vt_file_size(p) == size, "%s: dry run changed the file", c->name);
     /* Repair through the open path: set need-check and open read-write. */
-    QCHECK(tqed_patch_le64(p, 16, 2) == 0, "patch need-check");
-    img = tqed_open(p, VDK_OPEN_RDWR, &err);
-    QCHECK(img != NULL, "%s: repairing open: %s", c->name, err.msg);
+    VT_CHECK(tqed_patch_le64(p, 16, 2) == 0, "patch need-check");
+    img = vt_open(p, VDK_OPEN_RDWR, &err);
+    VT_CHECK(img != NULL, "%s: repairing open: %s", c->name, err.msg);
     if (!img)
         return;
     uint64_t left = tqed_scan(img, &rep, c->name);
-    QCHECK(rep.corruptions == 0, "%s: corruptions after repair", c->name);
-    QCHECK(left == 0, "%s: %llu problems after repair", c->name, (unsigned long long)left);
+    VT_CHECK(rep.corruptions == 0, "%s: corruptions after repair", c->name);
+    VT_CHECK(left == 0, "%s: %llu problems after repair", c->name, (unsigned long long)left);
     qed_check_report_free(&rep);
     vdk_image_close(img, NULL);
-    QCHECK((tqed_read_le64(p, 16) & 2) == 0, "%s: need-check cleared", c->name);
-    if (tqed_have_qemu())
+    VT_CHECK((tqed_read_le64(p, 16) & 2) == 0, "%s: need-check cleared", c->name);
+    if (vt_have_qemu())
         tqed_qemu_check(p, c->name);
     check_content(p, c, data);
 }
@@ -216,42 +216,42 @@ static void run_case(const dcase *c, uint8_t data[NDATA][CS])
 /* An explicit repair of an image opened without repair. */
 static void test_explicit_repair(uint8_t data[NDATA][CS])
 {
-    const char *p = tqed_path("explicit.qed");
+    const char *p = vt_path("explicit.qed");
     make_image(p, data);
     d_l2_past_eof(p);
     d_leak_tail(p);
     tqed_patch_le64(p, 16, 2);
     vdk_error err = {0};
-    vdk_image *img = tqed_open(p, VDK_OPEN_RDWR | VDK_OPEN_NO_REPAIR, &err);
-    QCHECK(img != NULL, "no-repair open: %s", err.msg);
+    vdk_image *img = vt_open(p, VDK_OPEN_RDWR | VDK_OPEN_NO_REPAIR, &err);
+    VT_CHECK(img != NULL, "no-repair open: %s", err.msg);
     if (!img)
         return;
     qed_check_report rep;
-    QCHECK(qed_check_image(img, QED_REPAIR_LEAKS, &rep, &err) == 0 && rep.corruptions == 1 &&
+    VT_CHECK(qed_check_image(img, QED_REPAIR_LEAKS, &rep, &err) == 0 && rep.corruptions == 1 &&
                rep.leaks_fixed == 0,
            "leaks-only repair must not reclaim while a corruption remains");
     qed_check_report_free(&rep);
     /* 3 leaked clusters at the end, 1 more once the bad entry's cluster is
      * no longer referenced: all reclaimed. */
-    QOK(qed_check_image(img, QED_REPAIR_LEAKS | QED_REPAIR_ERRORS, &rep, &err), &err);
-    QCHECK(rep.corruptions == 0 && rep.corruptions_fixed == 1 && rep.leaks_fixed == 4 &&
+    VT_OK(qed_check_image(img, QED_REPAIR_LEAKS | QED_REPAIR_ERRORS, &rep, &err), &err);
+    VT_CHECK(rep.corruptions == 0 && rep.corruptions_fixed == 1 && rep.leaks_fixed == 4 &&
                rep.leaks == 0,
            "full repair: %llu fixed, %llu leaks fixed, %llu leaks",
            (unsigned long long)rep.corruptions_fixed, (unsigned long long)rep.leaks_fixed,
            (unsigned long long)rep.leaks);
     qed_check_report_free(&rep);
-    QOK(vdk_image_close(img, &err), &err);
-    QCHECK((tqed_read_le64(p, 16) & 2) == 0, "need-check cleared after the repair");
-    if (tqed_have_qemu())
+    VT_OK(vdk_image_close(img, &err), &err);
+    VT_CHECK((tqed_read_le64(p, 16) & 2) == 0, "need-check cleared after the repair");
+    if (vt_have_qemu())
         tqed_qemu_check(p, "explicit repair");
 }
 
 int main(void)
 {
-    tqed_init();
+    vt_init();
     static uint8_t data[NDATA][CS];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(&cases[i], data);
     test_explicit_repair(data);
-    return tqed_finish("test_qed_check");
+    return vt_finish("test_qed_check");
 }

@@ -75,7 +75,7 @@ static uint8_t *read_guest(vdk_image *img, uint64_t size)
     vdk_error err = {0};
     if (vdk_image_pread(img, b, size, 0, &err) < 0) {
         fprintf(stderr, "read_guest: %s\n", err.msg);
-        tqed_failures++;
+        vt_failures++;
     }
     return b;
 }
@@ -90,23 +90,23 @@ static void workload(run *rn, vdk_image *img)
     uint8_t *buf = malloc(3 * cs + 4096);
     for (int i = 0; i < c->ops; i++) {
         op *o = &rn->ops[rn->nops++];
-        uint64_t k = tqed_below(&x, 100);
-        o->off = tqed_below(&x, rn->size - 1);
-        o->len = 1 + tqed_below(&x, 2 * cs + 3000);
+        uint64_t k = vt_below(&x, 100);
+        o->off = vt_below(&x, rn->size - 1);
+        o->len = 1 + vt_below(&x, 2 * cs + 3000);
         if (o->len > rn->size - o->off)
             o->len = rn->size - o->off;
         if (k < 50) {
-            tqed_fill(buf, o->len, tqed_rand(&x));
-            QOK(vdk_image_pwrite(img, buf, o->len, o->off, &err), &err);
+            vt_fill(buf, o->len, vt_rand(&x));
+            VT_OK(vdk_image_pwrite(img, buf, o->len, o->off, &err), &err);
         } else if (k < 65) {
-            QOK(vdk_image_write_zeroes(img, o->len, o->off,
+            VT_OK(vdk_image_write_zeroes(img, o->len, o->off,
                                        k & 1 ? VDK_ZERO_MAY_UNMAP : 0, &err), &err);
         } else if (k < 75) {
-            QOK(vdk_image_discard(img, o->len, o->off, &err), &err);
+            VT_OK(vdk_image_discard(img, o->len, o->off, &err), &err);
         } else {
             o->len = 0;
             o->flush = true;
-            QOK(vdk_image_flush(img, &err), &err);
+            VT_OK(vdk_image_flush(img, &err), &err);
             rn->snap[rn->nops - 1] = read_guest(img, rn->size);
         }
         o->log_end = vdk_record_count(rn->log);
@@ -138,7 +138,7 @@ static void check_durable(run *rn, vdk_image *img, size_t p, const char *what)
             memset(free_ + rn->ops[i].off, 1, rn->ops[i].len);
     for (uint64_t b = 0; b < rn->size; b++) {
         if (!free_[b] && got[b] != want[b]) {
-            tqed_failures++;
+            vt_failures++;
             fprintf(stderr, "FAIL %s: byte %llu is %02x, flushed %02x (flush op %d)\n", what,
                     (unsigned long long)b, got[b], want[b], f);
             break;
@@ -154,19 +154,19 @@ static void verify_state(run *rn, const char *path, size_t p, const char *what)
     vdk_error err = {0};
     rn->states++;
     bool dirty = tqed_read_le64(path, 16) & QED_F_NEED_CHECK;
-    vdk_image *img = tqed_open(path, 0, &err);
-    QCHECK(img != NULL, "%s: read-only open: %s", what, err.msg);
+    vdk_image *img = vt_open(path, 0, &err);
+    VT_CHECK(img != NULL, "%s: read-only open: %s", what, err.msg);
     if (img && !dirty)
-        QCHECK(tqed_scan(img, NULL, what) == 0, "%s: need-check clear but not consistent", what);
+        VT_CHECK(tqed_scan(img, NULL, what) == 0, "%s: need-check clear but not consistent", what);
     vdk_image_close(img, NULL);
-    img = tqed_open(path, VDK_OPEN_RDWR, &err);
-    QCHECK(img != NULL, "%s: repairing open: %s", what, err.msg);
+    img = vt_open(path, VDK_OPEN_RDWR, &err);
+    VT_CHECK(img != NULL, "%s: repairing open: %s", what, err.msg);
     if (!img)
         return;
-    QCHECK(tqed_scan(img, NULL, what) == 0, "%s: not consistent after repair", what);
+    VT_CHECK(tqed_scan(img, NULL, what) == 0, "%s: not consistent after repair", what);
     check_durable(rn, img, p, what);
     vdk_image_close(img, NULL);
-    if (tqed_have_qemu() && rn->states % 17 == 0) {
+    if (vt_have_qemu() && rn->states % 17 == 0) {
         rn->qemu_checked++;
         tqed_qemu_check(path, what);
     }
@@ -176,11 +176,11 @@ static void verify_state(run *rn, const char *path, size_t p, const char *what)
 static void make_state(run *rn, const char *path, const size_t *idx, size_t n)
 {
     vdk_error err = {0};
-    QCHECK(tqed_write_file(path, rn->start, rn->start_len) == 0, "state file");
+    VT_CHECK(vt_write_file(path, rn->start, rn->start_len) == 0, "state file");
     vdk_file *f;
-    QOK(vdk_file_open(path, VDK_FILE_RDWR | VDK_FILE_NOLOCK, VDK_CACHE_WRITEBACK, &f, &err),
+    VT_OK(vdk_file_open(path, VDK_FILE_RDWR | VDK_FILE_NOLOCK, VDK_CACHE_WRITEBACK, &f, &err),
         &err);
-    QOK(vdk_record_apply(rn->log, f, idx, n, &err), &err);
+    VT_OK(vdk_record_apply(rn->log, f, idx, n, &err), &err);
     vdk_file_unref(f);
 }
 
@@ -210,7 +210,7 @@ static void replay(run *rn)
             for (size_t i = 0; i < prev; i++)
                 idx[k++] = i;
             for (size_t i = prev; i < j; i++)
-                if (tqed_below(&x, 2))
+                if (vt_below(&x, 2))
                     idx[k++] = i;
             make_state(rn, path, idx, k);
             snprintf(what, sizeof what, "%s subset %d of (%zu, %zu)", rn->c->name, t, prev, j);
@@ -224,33 +224,33 @@ static void replay(run *rn)
 static void run_case(const crash_case *c)
 {
     run rn = {.c = c, .size = c->size};
-    snprintf(rn.path, sizeof rn.path, "%s", tqed_path(c->name));
+    snprintf(rn.path, sizeof rn.path, "%s", vt_path(c->name));
     vdk_error err = {0};
     const char *kv[] = {"cluster_size", c->cluster_size, "table_size", c->table_size,
                         c->backing ? "backing_file" : NULL, "crash.base", "backing_fmt", "raw",
                         NULL};
-    QOK(tqed_create(rn.path, c->size, kv, &err), &err);
+    VT_OK(tqed_create(rn.path, c->size, kv, &err), &err);
     size_t len;
     FILE *f = fopen(rn.path, "rb");
-    rn.start_len = tqed_file_size(rn.path);
+    rn.start_len = vt_file_size(rn.path);
     rn.start = malloc(rn.start_len);
     len = f ? fread(rn.start, 1, rn.start_len, f) : 0;
     if (f)
         fclose(f);
-    QCHECK(len == rn.start_len, "start state");
+    VT_CHECK(len == rn.start_len, "start state");
     rn.log = vdk_record_new();
     hook_path = rn.path;
     hook_log = rn.log;
     vdk_file_set_open_hook(record_hook, NULL);
-    vdk_image *img = tqed_open(rn.path, VDK_OPEN_RDWR, &err);
+    vdk_image *img = vt_open(rn.path, VDK_OPEN_RDWR, &err);
     vdk_file_set_open_hook(NULL, NULL);
-    QCHECK(img != NULL, "open: %s", err.msg);
+    VT_CHECK(img != NULL, "open: %s", err.msg);
     if (img) {
         workload(&rn, img);
         op *o = &rn.ops[rn.nops++];
         *o = (op){.flush = true};
         rn.snap[rn.nops - 1] = read_guest(img, rn.size);
-        QOK(vdk_image_close(img, &err), &err);
+        VT_OK(vdk_image_close(img, &err), &err);
         o->log_end = vdk_record_count(rn.log);
         replay(&rn);
     }
@@ -264,12 +264,12 @@ static void run_case(const crash_case *c)
 
 int main(void)
 {
-    tqed_init();
+    vt_init();
     /* The backing file: a pattern, so lost copy-on-write shows. */
     size_t blen = 3 << 20;
     uint8_t *b = malloc(blen);
-    tqed_fill(b, blen, 42);
-    QCHECK(tqed_write_file(tqed_path("crash.base"), b, blen) == 0, "backing file");
+    vt_fill(b, blen, 42);
+    VT_CHECK(vt_write_file(vt_path("crash.base"), b, blen) == 0, "backing file");
     free(b);
     static const crash_case cases[] = {
         {"c4k-backing.qed", "4096", "2", 2 << 20, true, 60, 1},
@@ -278,5 +278,5 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(&cases[i]);
-    return tqed_finish("test_qed_crash");
+    return vt_finish("test_qed_crash");
 }

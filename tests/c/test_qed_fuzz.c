@@ -22,18 +22,18 @@ static void make_good(const char *p)
 {
     vdk_error err = {0};
     const char *kv[] = {"cluster_size", "4096", "table_size", "2", NULL};
-    QOK(tqed_create(p, SIZE, kv, &err), &err);
-    vdk_image *img = tqed_open(p, VDK_OPEN_RDWR, &err);
+    VT_OK(tqed_create(p, SIZE, kv, &err), &err);
+    vdk_image *img = vt_open(p, VDK_OPEN_RDWR, &err);
     uint8_t buf[20000];
-    tqed_fill(buf, sizeof buf, 1);
-    QOK(vdk_image_pwrite(img, buf, sizeof buf, 100, &err), &err);
-    QOK(vdk_image_pwrite(img, buf, sizeof buf, (5 << 20) - 7000, &err), &err);
-    QOK(vdk_image_pwrite(img, buf, 4096, 7 << 20, &err), &err);
-    QOK(vdk_image_close(img, &err), &err);
+    vt_fill(buf, sizeof buf, 1);
+    VT_OK(vdk_image_pwrite(img, buf, sizeof buf, 100, &err), &err);
+    VT_OK(vdk_image_pwrite(img, buf, sizeof buf, (5 << 20) - 7000, &err), &err);
+    VT_OK(vdk_image_pwrite(img, buf, 4096, 7 << 20, &err), &err);
+    VT_OK(vdk_image_close(img, &err), &err);
     FILE *f = fopen(p, "rb");
-    good_len = tqed_file_size(p);
+    good_len = vt_file_size(p);
     good = malloc(good_len);
-    QCHECK(f && fread(good, 1, good_len, f) == good_len, "read the good image");
+    VT_CHECK(f && fread(good, 1, good_len, f) == good_len, "read the good image");
     if (f)
         fclose(f);
 }
@@ -41,29 +41,29 @@ static void make_good(const char *p)
 /* Damage a copy of the good image in place. */
 static void mutate(uint8_t *m, size_t len, uint64_t *x)
 {
-    int n = 1 + (int)tqed_below(x, 4);
+    int n = 1 + (int)vt_below(x, 4);
     for (int i = 0; i < n; i++) {
-        uint64_t k = tqed_below(x, 10), off;
+        uint64_t k = vt_below(x, 10), off;
         if (k < 3)
-            off = tqed_below(x, 64);                    /* header fields */
+            off = vt_below(x, 64);                    /* header fields */
         else if (k < 6)
-            off = 4096 + tqed_below(x, 64) * 8;         /* L1 entries */
+            off = 4096 + vt_below(x, 64) * 8;         /* L1 entries */
         else
-            off = tqed_below(x, len - 8) & ~UINT64_C(7); /* anywhere: L2 entries, data */
-        uint64_t v, kind = tqed_below(x, 5);
+            off = vt_below(x, len - 8) & ~UINT64_C(7); /* anywhere: L2 entries, data */
+        uint64_t v, kind = vt_below(x, 5);
         if (kind == 0)
-            v = tqed_rand(x);                           /* garbage */
+            v = vt_rand(x);                           /* garbage */
         else if (kind == 1)
-            v = tqed_below(x, len + 65536) & ~UINT64_C(4095); /* aligned, maybe past EOF */
+            v = vt_below(x, len + 65536) & ~UINT64_C(4095); /* aligned, maybe past EOF */
         else if (kind == 2)
-            v = tqed_below(x, len);                     /* unaligned */
+            v = vt_below(x, len);                     /* unaligned */
         else if (kind == 3)
-            v = vdk_le64(m + off) ^ (UINT64_C(1) << tqed_below(x, 64)); /* one bit */
+            v = vdk_le64(m + off) ^ (UINT64_C(1) << vt_below(x, 64)); /* one bit */
         else
-            v = tqed_below(x, 3);                       /* 0, 1, 2 */
+            v = vt_below(x, 3);                       /* 0, 1, 2 */
         memcpy(m + off, &v, 8);
     }
-    if (tqed_below(x, 2))
+    if (vt_below(x, 2))
         m[16] |= 2; /* need-check: the read-write open repairs */
 }
 
@@ -75,12 +75,12 @@ static void read_all(vdk_image *img)
     for (uint64_t off = 0; off < size; off += 1 << 20) {
         size_t n = size - off < (1 << 20) ? (size_t)(size - off) : (1 << 20);
         if (vdk_image_pread(img, b, n, off, &err) < 0)
-            QCHECK(err.msg[0] != '\0', "a failed read has a message");
+            VT_CHECK(err.msg[0] != '\0', "a failed read has a message");
     }
     for (uint64_t off = 0; off < size;) {
         vdk_extent e;
         if (vdk_image_block_status(img, off, size - off, 0, &e, &err) < 0) {
-            QCHECK(err.msg[0] != '\0', "a failed block status has a message");
+            VT_CHECK(err.msg[0] != '\0', "a failed block status has a message");
             off += 4096;
             continue;
         }
@@ -94,17 +94,17 @@ static void write_some(vdk_image *img, uint64_t *x)
     uint64_t size = vdk_image_size(img);
     vdk_error err = {0};
     uint8_t buf[9000];
-    tqed_fill(buf, sizeof buf, tqed_rand(x));
+    vt_fill(buf, sizeof buf, vt_rand(x));
     for (int i = 0; i < 6 && size > sizeof buf; i++) {
-        uint64_t off = tqed_below(x, size - sizeof buf);
+        uint64_t off = vt_below(x, size - sizeof buf);
         int r;
-        switch (tqed_below(x, 4)) {
+        switch (vt_below(x, 4)) {
         case 0: r = vdk_image_pwrite(img, buf, sizeof buf, off, &err); break;
         case 1: r = vdk_image_write_zeroes(img, sizeof buf, off, VDK_ZERO_MAY_UNMAP, &err); break;
         case 2: r = vdk_image_discard(img, sizeof buf, off, &err); break;
         default: r = vdk_image_resize(img, size + 65536, 0, 0, &err); break;
         }
-        QCHECK(r == 0 || err.msg[0] != '\0', "a failed operation has a message");
+        VT_CHECK(r == 0 || err.msg[0] != '\0', "a failed operation has a message");
     }
     qed_check_report rep;
     if (qed_check_image(img, 0, &rep, &err) == 0)
@@ -117,7 +117,7 @@ static void one(const char *p, uint64_t *x)
     uint8_t *m = malloc(good_len);
     memcpy(m, good, good_len);
     mutate(m, good_len, x);
-    QCHECK(tqed_write_file(p, m, good_len) == 0, "write mutant");
+    VT_CHECK(vt_write_file(p, m, good_len) == 0, "write mutant");
     bool dirty = m[16] & 2;
     free(m);
     vdk_error err = {0};
@@ -128,7 +128,7 @@ static void one(const char *p, uint64_t *x)
         read_all(img);
         vdk_image_close(img, NULL);
     } else {
-        QCHECK(err.msg[0] != '\0', "a failed open has a message");
+        VT_CHECK(err.msg[0] != '\0', "a failed open has a message");
     }
     o.flags = VDK_OPEN_RDWR;
     if (vdk_image_open(p, &o, &img, &err) == 0) {
@@ -136,7 +136,7 @@ static void one(const char *p, uint64_t *x)
         repaired += dirty;
         if (dirty) {
             qed_check_report rep;
-            QCHECK(tqed_scan(img, &rep, "repaired mutant") == rep.leaks &&
+            VT_CHECK(tqed_scan(img, &rep, "repaired mutant") == rep.leaks &&
                        rep.corruptions == 0,
                    "corruption left after the repairing open");
             qed_check_report_free(&rep);
@@ -149,16 +149,16 @@ static void one(const char *p, uint64_t *x)
 
 int main(void)
 {
-    tqed_init();
-    const char *p = tqed_path("fuzz.qed");
+    vt_init();
+    const char *p = vt_path("fuzz.qed");
     make_good(p);
     uint64_t x = 0x5eed;
     const char *env = getenv("VDK_FUZZ_ITERATIONS"); /* longer runs by hand */
     int n = env ? atoi(env) : ITERATIONS;
-    for (int i = 0; i < n && tqed_failures < 20; i++)
+    for (int i = 0; i < n && vt_failures < 20; i++)
         one(p, &x);
     printf("%d mutants: %d opened read-only, %d read-write (%d repaired)\n", n, opened_ro,
            opened_rw, repaired);
     free(good);
-    return tqed_finish("test_qed_fuzz");
+    return vt_finish("test_qed_fuzz");
 }

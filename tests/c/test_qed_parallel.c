@@ -48,12 +48,12 @@ static void one_op(worker *w, uint64_t *x, uint8_t *buf)
 {
     shared *sh = w->sh;
     uint64_t nslots = sh->size / SLOT;
-    uint64_t slot = tqed_below(x, nslots / NTHREADS) * NTHREADS + (uint64_t)w->id;
-    uint64_t off = slot * SLOT, k = tqed_below(x, 10);
-    uint32_t len = SLOT - (uint32_t)tqed_below(x, 3) * 300;
+    uint64_t slot = vt_below(x, nslots / NTHREADS) * NTHREADS + (uint64_t)w->id;
+    uint64_t off = slot * SLOT, k = vt_below(x, 10);
+    uint32_t len = SLOT - (uint32_t)vt_below(x, 3) * 300;
     vdk_error err = {0};
     if (k < 6) {
-        tqed_fill(buf, len, tqed_rand(x));
+        vt_fill(buf, len, vt_rand(x));
         if (vdk_image_pwrite(sh->img, buf, len, off, &err) < 0)
             fail(sh, "write", &err);
         memcpy(sh->oracle + off, buf, len);
@@ -96,19 +96,19 @@ static void run(const char *cs, const char *ts, uint64_t size, uint64_t seed)
     char name[64], basename[64];
     snprintf(name, sizeof name, "par-%s-%s.qed", cs, ts);
     snprintf(basename, sizeof basename, "par-%s-%s.base", cs, ts);
-    const char *p = tqed_path(name), *base = tqed_path(basename);
+    const char *p = vt_path(name), *base = vt_path(basename);
     shared sh = {.size = size};
     pthread_mutex_init(&sh.lock, NULL);
     sh.oracle = malloc(size);
     for (uint64_t i = 0; i < size; i++)
         sh.oracle[i] = (uint8_t)(i * 7 + 3);
-    QCHECK(tqed_write_file(base, sh.oracle, size) == 0, "base file");
+    VT_CHECK(vt_write_file(base, sh.oracle, size) == 0, "base file");
     vdk_error err = {0};
     const char *kv[] = {"cluster_size", cs, "table_size", ts, "backing_file", basename,
                         "backing_fmt", "raw", NULL};
-    QOK(tqed_create(p, size, kv, &err), &err);
-    sh.img = tqed_open(p, VDK_OPEN_RDWR, &err);
-    QCHECK(sh.img != NULL, "open: %s", err.msg);
+    VT_OK(tqed_create(p, size, kv, &err), &err);
+    sh.img = vt_open(p, VDK_OPEN_RDWR, &err);
+    VT_CHECK(sh.img != NULL, "open: %s", err.msg);
     if (!sh.img)
         return;
     pthread_t th[NTHREADS], fl;
@@ -122,15 +122,15 @@ static void run(const char *cs, const char *ts, uint64_t size, uint64_t seed)
         pthread_join(th[i], NULL);
     sh.stop = 1;
     pthread_join(fl, NULL);
-    QCHECK(sh.errors == 0, "%d errors in the threads", sh.errors);
-    tqed_compare_image(sh.img, sh.oracle, size, name);
-    QCHECK(tqed_scan(sh.img, NULL, name) == 0, "vdk check not clean");
-    QOK(vdk_image_close(sh.img, &err), &err);
-    QCHECK((tqed_read_le64(p, 16) & 2) == 0, "need-check cleared at close");
-    if (tqed_have_qemu()) {
+    VT_CHECK(sh.errors == 0, "%d errors in the threads", sh.errors);
+    vt_compare_image(sh.img, sh.oracle, size, name);
+    VT_CHECK(tqed_scan(sh.img, NULL, name) == 0, "vdk check not clean");
+    VT_OK(vdk_image_close(sh.img, &err), &err);
+    VT_CHECK((tqed_read_le64(p, 16) & 2) == 0, "need-check cleared at close");
+    if (vt_have_qemu()) {
         char raw[300];
         snprintf(raw, sizeof raw, "%s.oracle", p);
-        QCHECK(tqed_write_file(raw, sh.oracle, size) == 0, "oracle file");
+        VT_CHECK(vt_write_file(raw, sh.oracle, size) == 0, "oracle file");
         tqed_qemu_check(p, name);
         tqed_qemu_compare(p, raw, name);
     }
@@ -140,9 +140,9 @@ static void run(const char *cs, const char *ts, uint64_t size, uint64_t seed)
 
 int main(void)
 {
-    tqed_init();
+    vt_init();
     run("4096", "2", 8 << 20, 1);
     run("65536", "4", 16 << 20, 2);
     run("16384", "2", 12 << 20, 3);
-    return tqed_finish("test_qed_parallel");
+    return vt_finish("test_qed_parallel");
 }

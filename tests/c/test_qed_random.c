@@ -41,7 +41,7 @@ typedef struct ctx {
 
 static void oracle_pwrite(ctx *t, const void *buf, size_t len, uint64_t off)
 {
-    QCHECK(pwrite(t->oracle, buf, len, (off_t)off) == (ssize_t)len, "oracle write");
+    VT_CHECK(pwrite(t->oracle, buf, len, (off_t)off) == (ssize_t)len, "oracle write");
 }
 
 static void oracle_zero(ctx *t, uint64_t len, uint64_t off)
@@ -54,13 +54,13 @@ static void oracle_zero(ctx *t, uint64_t len, uint64_t off)
 /* A random range inside one of the windows (and the image). */
 static void pick_range(ctx *t, uint64_t *off, uint64_t *len, bool aligned)
 {
-    uint64_t w = t->win[tqed_below(&t->x, 3)];
+    uint64_t w = t->win[vt_below(&t->x, 3)];
     uint64_t wend = w + WIN < t->size ? w + WIN : t->size;
-    *off = w + tqed_below(&t->x, wend - w);
-    *len = 1 + tqed_below(&t->x, MAX_OP);
+    *off = w + vt_below(&t->x, wend - w);
+    *len = 1 + vt_below(&t->x, MAX_OP);
     if (aligned) {
         *off &= ~(t->cs - 1);
-        *len = (1 + tqed_below(&t->x, 4)) * t->cs;
+        *len = (1 + vt_below(&t->x, 4)) * t->cs;
     }
     if (*off >= t->size)
         *off = t->size - 1;
@@ -71,11 +71,11 @@ static void pick_range(ctx *t, uint64_t *off, uint64_t *len, bool aligned)
 static void op_write(ctx *t)
 {
     uint64_t off, len;
-    pick_range(t, &off, &len, tqed_below(&t->x, 4) == 0);
+    pick_range(t, &off, &len, vt_below(&t->x, 4) == 0);
     uint8_t *b = malloc(len);
-    tqed_fill(b, len, tqed_rand(&t->x));
+    vt_fill(b, len, vt_rand(&t->x));
     vdk_error err = {0};
-    QOK(vdk_image_pwrite(t->img, b, len, off, &err), &err);
+    VT_OK(vdk_image_pwrite(t->img, b, len, off, &err), &err);
     oracle_pwrite(t, b, len, off);
     free(b);
 }
@@ -83,10 +83,10 @@ static void op_write(ctx *t)
 static void op_zero(ctx *t)
 {
     uint64_t off, len;
-    pick_range(t, &off, &len, tqed_below(&t->x, 2) == 0);
-    unsigned flags = tqed_below(&t->x, 2) ? VDK_ZERO_MAY_UNMAP : 0;
+    pick_range(t, &off, &len, vt_below(&t->x, 2) == 0);
+    unsigned flags = vt_below(&t->x, 2) ? VDK_ZERO_MAY_UNMAP : 0;
     vdk_error err = {0};
-    QOK(vdk_image_write_zeroes(t->img, len, off, flags, &err), &err);
+    VT_OK(vdk_image_write_zeroes(t->img, len, off, flags, &err), &err);
     oracle_zero(t, len, off);
 }
 
@@ -101,26 +101,26 @@ static void op_discard(ctx *t)
     vdk_error err = {0};
     for (uint64_t c = first; c < end; c += t->cs) {
         vdk_extent e;
-        QOK(vdk_image_block_status(t->img, c, t->cs, VDK_BS_TOP_ONLY, &e, &err), &err);
+        VT_OK(vdk_image_block_status(t->img, c, t->cs, VDK_BS_TOP_ONLY, &e, &err), &err);
         if (e.flags & VDK_BS_ALLOCATED)
             oracle_zero(t, t->cs, c);
     }
-    QOK(vdk_image_discard(t->img, len, off, &err), &err);
+    VT_OK(vdk_image_discard(t->img, len, off, &err), &err);
 }
 
 static void reopen(ctx *t)
 {
     vdk_error err = {0};
-    QOK(vdk_image_close(t->img, &err), &err);
-    t->img = tqed_open(tqed_path(t->name), VDK_OPEN_RDWR, &err);
-    QCHECK(t->img != NULL, "reopen: %s", err.msg);
+    VT_OK(vdk_image_close(t->img, &err), &err);
+    t->img = vt_open(vt_path(t->name), VDK_OPEN_RDWR, &err);
+    VT_CHECK(t->img != NULL, "reopen: %s", err.msg);
 }
 
 static void run_ops(ctx *t)
 {
     vdk_error err = {0};
     for (int i = 0; i < t->c->ops && t->img; i++) {
-        uint64_t k = tqed_below(&t->x, 100);
+        uint64_t k = vt_below(&t->x, 100);
         if (k < 55)
             op_write(t);
         else if (k < 72)
@@ -128,7 +128,7 @@ static void run_ops(ctx *t)
         else if (k < 87)
             op_discard(t);
         else if (k < 95)
-            QOK(vdk_image_flush(t->img, &err), &err);
+            VT_OK(vdk_image_flush(t->img, &err), &err);
         else
             reopen(t);
     }
@@ -143,10 +143,10 @@ static int make_backing(ctx *t, const char **kv)
     uint64_t bsize = strcmp(b, "short") == 0 ? t->size / 2 + 4096 : t->size;
     const char *fmt = strcmp(b, "qed") == 0 || strcmp(b, "qcow2") == 0 ? b : "raw";
     char base[300];
-    snprintf(base, sizeof base, "%s.base", tqed_path(t->name));
+    snprintf(base, sizeof base, "%s.base", vt_path(t->name));
     vdk_error err = {0};
-    QOK(vdk_image_create(base, fmt, bsize, NULL, 0, &err), &err);
-    vdk_image *bi = tqed_open(base, VDK_OPEN_RDWR, &err);
+    VT_OK(vdk_image_create(base, fmt, bsize, NULL, 0, &err), &err);
+    vdk_image *bi = vt_open(base, VDK_OPEN_RDWR, &err);
     if (!bi)
         return -1;
     for (int w = 0; w < 3; w++) {
@@ -156,12 +156,12 @@ static int make_backing(ctx *t, const char **kv)
         if (len > bsize - off)
             len = bsize - off;
         uint8_t *buf = malloc(len);
-        tqed_fill(buf, len, 1000 + w);
-        QOK(vdk_image_pwrite(bi, buf, len, off, &err), &err);
+        vt_fill(buf, len, 1000 + w);
+        VT_OK(vdk_image_pwrite(bi, buf, len, off, &err), &err);
         oracle_pwrite(t, buf, len, off);
         free(buf);
     }
-    QOK(vdk_image_close(bi, &err), &err);
+    VT_OK(vdk_image_close(bi, &err), &err);
     kv[4] = "backing_file";
     kv[5] = strdup(strrchr(base, '/') + 1); /* relative to the image */
     kv[6] = "backing_fmt";
@@ -175,22 +175,22 @@ static void verify(ctx *t)
     uint8_t *want = malloc(WIN);
     for (int w = 0; w < 3 && t->img; w++) {
         uint64_t len = t->size - t->win[w] < WIN ? t->size - t->win[w] : WIN;
-        QCHECK(pread(t->oracle, want, len, (off_t)t->win[w]) == (ssize_t)len, "oracle read");
+        VT_CHECK(pread(t->oracle, want, len, (off_t)t->win[w]) == (ssize_t)len, "oracle read");
         char what[96];
         snprintf(what, sizeof what, "%s window %d", t->name, w);
-        tqed_compare_at(t->img, t->win[w], want, len, what);
+        vt_compare_at(t->img, t->win[w], want, len, what);
     }
     free(want);
-    QCHECK(tqed_scan(t->img, NULL, t->name) == 0, "%s: vdk check not clean", t->name);
-    QOK(vdk_image_close(t->img, &err), &err);
+    VT_CHECK(tqed_scan(t->img, NULL, t->name) == 0, "%s: vdk check not clean", t->name);
+    VT_OK(vdk_image_close(t->img, &err), &err);
     t->img = NULL;
     /* QEMU 7.2 cannot open images with table_size 1 at all (its table
      * offset check treats a one-cluster table as an overflow): vdk only. */
-    if (tqed_have_qemu() && strcmp(t->c->table_size, "1") != 0) {
+    if (vt_have_qemu() && strcmp(t->c->table_size, "1") != 0) {
         char raw[300];
-        snprintf(raw, sizeof raw, "%s.oracle", tqed_path(t->name));
-        tqed_qemu_check(tqed_path(t->name), t->name);
-        tqed_qemu_compare(tqed_path(t->name), raw, t->name);
+        snprintf(raw, sizeof raw, "%s.oracle", vt_path(t->name));
+        tqed_qemu_check(vt_path(t->name), t->name);
+        tqed_qemu_compare(vt_path(t->name), raw, t->name);
     }
 }
 
@@ -199,18 +199,18 @@ static void run_case(const wcase *c)
     ctx t = {.c = c, .size = c->size, .x = c->seed};
     snprintf(t.name, sizeof t.name, "%s.qed", c->name);
     char raw[300];
-    snprintf(raw, sizeof raw, "%s.oracle", tqed_path(t.name));
+    snprintf(raw, sizeof raw, "%s.oracle", vt_path(t.name));
     t.oracle = open(raw, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    QCHECK(t.oracle >= 0 && ftruncate(t.oracle, (off_t)c->size) == 0, "oracle %s", raw);
+    VT_CHECK(t.oracle >= 0 && ftruncate(t.oracle, (off_t)c->size) == 0, "oracle %s", raw);
     t.win[0] = 0;
     t.win[1] = c->size / 2 > WIN / 2 ? (c->size / 2 - WIN / 2) & ~UINT64_C(4095) : 0;
     t.win[2] = c->size > WIN ? c->size - WIN : 0;
     const char *kv[10] = {"cluster_size", c->cluster_size, "table_size", c->table_size};
     vdk_error err = {0};
     if (make_backing(&t, kv) == 0) {
-        QOK(tqed_create(tqed_path(t.name), c->size, kv, &err), &err);
-        t.img = tqed_open(tqed_path(t.name), VDK_OPEN_RDWR, &err);
-        QCHECK(t.img != NULL, "%s: open: %s", c->name, err.msg);
+        VT_OK(tqed_create(vt_path(t.name), c->size, kv, &err), &err);
+        t.img = vt_open(vt_path(t.name), VDK_OPEN_RDWR, &err);
+        VT_CHECK(t.img != NULL, "%s: open: %s", c->name, err.msg);
         t.cs = t.img ? vdk_image_cluster_size(t.img) : 4096;
     }
     if (t.img)
@@ -223,7 +223,7 @@ static void run_case(const wcase *c)
 
 int main(void)
 {
-    tqed_init();
+    vt_init();
     static const wcase cases[] = {
         {"c4k-t2", "4096", "2", UINT64_C(24) << 20, NULL, 700, 11},
         {"c4k-t2-raw", "4096", "2", UINT64_C(20) << 20, "raw", 700, 12},
@@ -237,5 +237,5 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(&cases[i]);
-    return tqed_finish("test_qed_random");
+    return vt_finish("test_qed_random");
 }

@@ -53,7 +53,7 @@ static int read_view(const char *path, view *v, char *why, size_t whylen)
 {
     vdk_error err = {0};
     memset(v, 0, sizeof *v);
-    vdk_image *img = tq_open(path, 0, &err);
+    vdk_image *img = vt_open(path, 0, &err);
     if (!img)
         return snprintf(why, whylen, "open: %s", err.msg), -1;
     vdk_snapshot_info *l = NULL;
@@ -66,7 +66,7 @@ static int read_view(const char *path, view *v, char *why, size_t whylen)
     for (size_t i = 0; r == 0 && i < n && i < 6; i++) {
         snprintf(v->names[i], sizeof v->names[i], "%s", l[i].name);
         v->snap[i] = malloc(SIZE);
-        img = tq_open(path, 0, &err);
+        img = vt_open(path, 0, &err);
         r = img ? vdk_snapshot_load(img, l[i].id, &err) : -1;
         if (r == 0)
             r = vdk_image_pread(img, v->snap[i], SIZE, 0, &err);
@@ -117,24 +117,24 @@ typedef struct opctx {
 static void check_state(opctx *o, const size_t *idx, size_t n, const char *how)
 {
     char out[8192], why[600];
-    const char *crash = tq_path("crash.qcow2");
-    tq_sh(out, sizeof out, "cp '%s' '%s'", o->start, crash);
+    const char *crash = vt_path("crash.qcow2");
+    vt_sh(out, sizeof out, "cp '%s' '%s'", o->start, crash);
     vdk_error err = {0};
     vdk_file *t = NULL;
-    TQ_OK(vdk_file_open(crash, VDK_FILE_RDWR | VDK_FILE_NOLOCK, VDK_CACHE_UNSAFE, &t, &err),
+    VT_OK(vdk_file_open(crash, VDK_FILE_RDWR | VDK_FILE_NOLOCK, VDK_CACHE_UNSAFE, &t, &err),
           &err);
     if (t) {
-        TQ_OK(vdk_record_apply(rec, t, idx, n, &err), &err);
+        VT_OK(vdk_record_apply(rec, t, idx, n, &err), &err);
         vdk_file_unref(t);
     }
     o->states++;
     if (o->lazy) { /* a dirty image: repaired when opened read-write (as by QEMU) */
-        vdk_image *ri = tq_open(crash, VDK_OPEN_RDWR, &err);
-        TQ_CHECK(ri != NULL, "%s: crash state (%s): repair on open: %s", o->label, how, err.msg);
+        vdk_image *ri = vt_open(crash, VDK_OPEN_RDWR, &err);
+        VT_CHECK(ri != NULL, "%s: crash state (%s): repair on open: %s", o->label, how, err.msg);
         if (ri)
             vdk_image_close(ri, NULL);
     }
-    int st = tq_sh(out, sizeof out, "qemu-img check -f qcow2 '%s'", crash);
+    int st = vt_sh(out, sizeof out, "qemu-img check -f qcow2 '%s'", crash);
     if (st != 0 && st != 3) {
         if (getenv("SNAP_KEEP")) {
             char cmd[1024];
@@ -147,7 +147,7 @@ static void check_state(opctx *o, const size_t *idx, size_t n, const char *how)
                         (unsigned long long)e.off, (unsigned long long)e.len);
             }
         }
-        TQ_CHECK(0, "%s: crash state (%s, %zu entries) is corrupt:\n%s", o->label, how, n, out);
+        VT_CHECK(0, "%s: crash state (%s, %zu entries) is corrupt:\n%s", o->label, how, n, out);
         o->bad++;
         return;
     }
@@ -159,7 +159,7 @@ static void check_state(opctx *o, const size_t *idx, size_t n, const char *how)
         memset(&rep, 0, sizeof rep);
         int r = vdk_image_check(ci, 0, &rep, &err);
         if (r < 0 || rep.corruptions || rep.check_errors) {
-            TQ_CHECK(0, "%s: crash state (%s, %zu entries): vdk check finds %llu corruptions "
+            VT_CHECK(0, "%s: crash state (%s, %zu entries): vdk check finds %llu corruptions "
                         "(%s)", o->label, how, n, (unsigned long long)rep.corruptions,
                      rep.nproblems ? rep.problems[0].message : err.msg);
             o->bad++;
@@ -167,15 +167,15 @@ static void check_state(opctx *o, const size_t *idx, size_t n, const char *how)
         vdk_check_report_free(&rep);
         vdk_image_close(ci, NULL);
     } else {
-        TQ_CHECK(0, "%s: crash state (%s): vdk check cannot open it: %s", o->label, how, err.msg);
+        VT_CHECK(0, "%s: crash state (%s): vdk check cannot open it: %s", o->label, how, err.msg);
         o->bad++;
     }
     view v;
     if (read_view(crash, &v, why, sizeof why) < 0) {
-        TQ_CHECK(0, "%s: crash state (%s, %zu entries): %s", o->label, how, n, why);
+        VT_CHECK(0, "%s: crash state (%s, %zu entries): %s", o->label, how, n, why);
         o->bad++;
     } else if (!same_view(&v, o->before) && !same_view(&v, o->after)) {
-        TQ_CHECK(0, "%s: crash state (%s, %zu entries) is neither the old image nor the new "
+        VT_CHECK(0, "%s: crash state (%s, %zu entries) is neither the old image nor the new "
                     "one (%d snapshots)", o->label, how, n, v.n);
         o->bad++;
     }
@@ -204,10 +204,10 @@ static void enumerate(opctx *o, uint64_t seed)
                 idx[n++] = j;
             size_t head = n;
             for (size_t j = last_flush; j < i; j++)
-                if (tq_below(&x, 2))
+                if (vt_below(&x, 2))
                     idx[n++] = j;
             for (size_t j = n; j > head + 1; j--) {
-                size_t k = head + tq_below(&x, j - head), t = idx[j - 1];
+                size_t k = head + vt_below(&x, j - head), t = idx[j - 1];
                 idx[j - 1] = idx[k];
                 idx[k] = t;
             }
@@ -239,22 +239,22 @@ static void do_op(const char *path, int op, const char *name)
 {
     vdk_error err = {0};
     char id[64];
-    vdk_image *img = tq_open(path, VDK_OPEN_RDWR, &err);
-    TQ_CHECK(img != NULL, "open: %s", err.msg);
+    vdk_image *img = vt_open(path, VDK_OPEN_RDWR, &err);
+    VT_CHECK(img != NULL, "open: %s", err.msg);
     if (!img)
         return;
     vdk_snapshot_params p = {.name = name, .icount = VDK_SNAPSHOT_NO_ICOUNT};
     if (op == OP_CREATE_STATE) {
-        TQ_OK(vdk_vmstate_write(img, state_data, STATE_LEN, 0, &err), &err);
+        VT_OK(vdk_vmstate_write(img, state_data, STATE_LEN, 0, &err), &err);
         p.vm_state_size = STATE_LEN;
     }
     if (op == OP_CREATE || op == OP_CREATE_STATE)
-        TQ_OK(vdk_snapshot_create(img, &p, &err), &err);
+        VT_OK(vdk_snapshot_create(img, &p, &err), &err);
     else if (op == OP_APPLY)
-        TQ_OK(vdk_snapshot_apply(img, find_id(img, name, id), &err), &err);
+        VT_OK(vdk_snapshot_apply(img, find_id(img, name, id), &err), &err);
     else
-        TQ_OK(vdk_snapshot_delete(img, find_id(img, name, id), &err), &err);
-    TQ_OK(vdk_image_close(img, &err), &err);
+        VT_OK(vdk_snapshot_delete(img, find_id(img, name, id), &err), &err);
+    VT_OK(vdk_image_close(img, &err), &err);
 }
 
 static void run_op(const char *cfg, const char *path, int op, const char *name, uint64_t seed)
@@ -262,12 +262,12 @@ static void run_op(const char *cfg, const char *path, int op, const char *name, 
     static const char *const opname[] = {"create", "create+state", "apply", "delete"};
     char label[96], why[600], out[512];
     snprintf(label, sizeof label, "%s %s %s", cfg, opname[op], name);
-    char start[512]; /* tq_path's buffers rotate: keep a copy */
-    snprintf(start, sizeof start, "%s", tq_path("start.qcow2"));
-    tq_sh(out, sizeof out, "cp '%s' '%s'", path, start);
+    char start[512]; /* vt_path's buffers rotate: keep a copy */
+    snprintf(start, sizeof start, "%s", vt_path("start.qcow2"));
+    vt_sh(out, sizeof out, "cp '%s' '%s'", path, start);
     view before, after;
     if (read_view(path, &before, why, sizeof why) < 0) {
-        TQ_CHECK(0, "%s: before: %s", label, why);
+        VT_CHECK(0, "%s: before: %s", label, why);
         return;
     }
     rec = vdk_record_new();
@@ -275,7 +275,7 @@ static void run_op(const char *cfg, const char *path, int op, const char *name, 
     do_op(path, op, name);
     vdk_file_set_open_hook(NULL, NULL);
     if (read_view(path, &after, why, sizeof why) < 0) {
-        TQ_CHECK(0, "%s: after: %s", label, why);
+        VT_CHECK(0, "%s: after: %s", label, why);
         free_view(&before);
         vdk_record_free(rec);
         return;
@@ -295,17 +295,17 @@ static void run_cfg(const char *cfg, const char *opts, uint64_t seed)
 {
     char out[4096];
     char path[512];
-    snprintf(path, sizeof path, "%s", tq_path("c.qcow2"));
+    snprintf(path, sizeof path, "%s", vt_path("c.qcow2"));
     unlink(path);
-    int st = tq_sh(out, sizeof out, "qemu-img create -f qcow2 -o %s '%s' %u && "
+    int st = vt_sh(out, sizeof out, "qemu-img create -f qcow2 -o %s '%s' %u && "
                                     "qemu-io -c 'write -P 1 0 768k' -c 'write -P 2 1M 256k' '%s' && "
                                     "qemu-img snapshot -c base '%s' && "
                                     "qemu-io -c 'write -P 3 512k 512k' '%s'",
                    opts, path, SIZE, path, path, path);
-    TQ_CHECK(st == 0, "setup: %s", out);
+    VT_CHECK(st == 0, "setup: %s", out);
     run_op(cfg, path, OP_CREATE, "new", seed);
     run_op(cfg, path, OP_CREATE_STATE, "vm", seed + 1);
-    tq_sh(out, sizeof out, "qemu-io -c 'write -P 4 0 64k' -c 'write -z 1M 64k' '%s'", path);
+    vt_sh(out, sizeof out, "qemu-io -c 'write -P 4 0 64k' -c 'write -z 1M 64k' '%s'", path);
     run_op(cfg, path, OP_APPLY, "base", seed + 2);
     run_op(cfg, path, OP_DELETE, "new", seed + 3);
     run_op(cfg, path, OP_DELETE, "vm", seed + 4);
@@ -313,18 +313,18 @@ static void run_cfg(const char *cfg, const char *opts, uint64_t seed)
 
 int main(int argc, char **argv)
 {
-    if (!tq_have_qemu()) {
+    if (!vt_have_qemu()) {
         printf("test_snapshot_crash: qemu-img missing, skipped\n");
         return 0;
     }
-    tq_init();
+    vt_init();
     uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 17;
     state_data = malloc(STATE_LEN);
-    tq_fill(state_data, STATE_LEN, seed);
+    vt_fill(state_data, STATE_LEN, seed);
     run_cfg("64k", "cluster_size=65536", seed);
     run_cfg("4k", "cluster_size=4096", seed + 10);
     run_cfg("512 (many tables)", "cluster_size=512", seed + 20);
     run_cfg("4k lazy", "cluster_size=4096,lazy_refcounts=on", seed + 30);
     free(state_data);
-    return tq_finish("test_snapshot_crash");
+    return vt_finish("test_snapshot_crash");
 }
