@@ -13,6 +13,7 @@
  * must agree.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "test_qed_util.h"
 
@@ -24,7 +25,7 @@ typedef struct shared {
     vdk_image *img;
     uint64_t size;
     uint8_t *oracle; /* each thread writes only its own slots */
-    volatile int stop;
+    atomic_int stop; /* set by main once the writers are done */
     int errors;
     pthread_mutex_t lock;
 } shared;
@@ -83,7 +84,7 @@ static void *flusher(void *arg)
 {
     shared *sh = arg;
     vdk_error err = {0};
-    while (!sh->stop) {
+    while (!atomic_load(&sh->stop)) {
         if (vdk_image_flush(sh->img, &err) < 0)
             fail(sh, "flush", &err);
         usleep(2000);
@@ -120,7 +121,7 @@ static void run(const char *cs, const char *ts, uint64_t size, uint64_t seed)
     pthread_create(&fl, NULL, flusher, &sh);
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(th[i], NULL);
-    sh.stop = 1;
+    atomic_store(&sh.stop, 1);
     pthread_join(fl, NULL);
     VT_CHECK(sh.errors == 0, "%d errors in the threads", sh.errors);
     vt_compare_image(sh.img, sh.oracle, size, name);
