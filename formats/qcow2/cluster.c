@@ -96,19 +96,6 @@ void qcow2_l2_put(qcow2_state *s, uint8_t **table)
         vdk_cache_put(s->l2_cache, (void **)table);
 }
 
-int qcow2_l2_entry_read(const qcow2_state *s, const uint8_t *t, uint64_t i, uint64_t *word,
-                        uint64_t *bitmap)
-{
-    if (s->ext_l2) {
-        *word = vdk_be64(t + i * 16);
-        *bitmap = vdk_be64(t + i * 16 + 8);
-    } else {
-        *word = vdk_be64(t + i * 8);
-        *bitmap = 0;
-    }
-    return 0;
-}
-
 void qcow2_l2_entry_write(qcow2_state *s, uint8_t *t, uint64_t i, uint64_t word,
                           uint64_t bitmap)
 {

@@ -41,18 +41,47 @@ typedef struct qcow2_rc_cursor {
     uint64_t ti;
     uint8_t *blk;
 } qcow2_rc_cursor;
-int qcow2_rc_cursor_get(qcow2_state *s, qcow2_rc_cursor *c, uint64_t cluster, uint64_t *rc,
-                        vdk_error *err);
+int qcow2_rc_cursor_get_slow(qcow2_state *s, qcow2_rc_cursor *c, uint64_t cluster,
+                             uint64_t *rc, vdk_error *err);
+/* Inline while the cursor holds the cluster's block: every per-cluster walk
+ * of a snapshot transaction goes through here. */
+static inline int qcow2_rc_cursor_get(qcow2_state *s, qcow2_rc_cursor *c, uint64_t cluster,
+                                      uint64_t *rc, vdk_error *err)
+{
+    if (c->blk && c->ti == cluster >> s->rb_bits) {
+        *rc = qcow2_rb_get(s, c->blk, cluster & ((UINT64_C(1) << s->rb_bits) - 1));
+        return 0;
+    }
+    return qcow2_rc_cursor_get_slow(s, c, cluster, rc, err);
+}
 void qcow2_rc_cursor_put(qcow2_state *s, qcow2_rc_cursor *c);
 
 void qcow2_deltas_init(qcow2_state *s, qcow2_deltas *d);
 void qcow2_deltas_free(qcow2_deltas *d);
-int qcow2_deltas_add(qcow2_deltas *d, uint64_t cluster, int32_t delta, vdk_error *err);
-int32_t qcow2_deltas_get(const qcow2_deltas *d, uint64_t cluster);
+int qcow2_deltas_add_slow(qcow2_deltas *d, uint64_t cluster, int32_t delta, vdk_error *err);
+int32_t qcow2_deltas_get_slow(const qcow2_deltas *d, uint64_t cluster);
+/* Add delta to a cluster's change; inline while it is in the chunk used last. */
+static inline int qcow2_deltas_add(qcow2_deltas *d, uint64_t cluster, int32_t delta,
+                                   vdk_error *err)
+{
+    if (d->last && (cluster >> d->chunk_bits) + 1 == d->last_key) {
+        int32_t *v = &d->last[cluster & ((UINT64_C(1) << d->chunk_bits) - 1)];
+        if ((delta > 0 && *v <= INT32_MAX - delta) || (delta < 0 && *v >= INT32_MIN - delta)) {
+            *v += delta;
+            return 0;
+        }
+    }
+    return qcow2_deltas_add_slow(d, cluster, delta, err);
+}
+/* A cluster's change so far (0 when none). */
+static inline int32_t qcow2_deltas_get(const qcow2_deltas *d, uint64_t cluster)
+{
+    if (d->last && (cluster >> d->chunk_bits) + 1 == d->last_key)
+        return d->last[cluster & ((UINT64_C(1) << d->chunk_bits) - 1)];
+    return qcow2_deltas_get_slow(d, cluster);
+}
 /* The deltas of chunk (cluster >> chunk_bits), or NULL when it has none. */
 const int32_t *qcow2_deltas_chunk(const qcow2_deltas *d, uint64_t chunk);
-/* Call fn for every cluster with a non-zero delta (any order). */
-int qcow2_deltas_each(const qcow2_deltas *d, int (*fn)(uint64_t, int32_t, void *), void *ctx);
 /* The L2 table at off and every cluster its entries reference, by delta. */
 int qcow2_deltas_add_table(qcow2_state *s, qcow2_deltas *d, uint64_t l1_index, uint64_t off,
                            int32_t delta, vdk_error *err);
@@ -63,8 +92,16 @@ int qcow2_deltas_add_l1(qcow2_state *s, qcow2_deltas *d, const uint64_t *l1, uin
 int qcow2_snapshot_read_l1(qcow2_state *s, const qcow2_snapshot *sn, uint64_t **l1,
                            vdk_error *err);
 /* Refcount of a cluster after the deltas (c: a cursor, or NULL). */
-int qcow2_final_refcount(qcow2_state *s, const qcow2_deltas *d, qcow2_rc_cursor *c,
-                         uint64_t cluster, int64_t *out, vdk_error *err);
+static inline int qcow2_final_refcount(qcow2_state *s, const qcow2_deltas *d,
+                                       qcow2_rc_cursor *c, uint64_t cluster, int64_t *out,
+                                       vdk_error *err)
+{
+    uint64_t live;
+    int r = c ? qcow2_rc_cursor_get(s, c, cluster, &live, err)
+              : qcow2_refcount_get(s, cluster, &live, err);
+    *out = (int64_t)live + qcow2_deltas_get(d, cluster);
+    return r;
+}
 
 /* snapshot-commit.c */
 typedef struct qcow2_txn {

@@ -367,8 +367,6 @@ int qcow2_apply_pending_frees(qcow2_state *s, vdk_error *err);
 bool qcow2_too_many_pending(const qcow2_state *s);
 void qcow2_compressed_range(const qcow2_state *s, uint64_t entry, uint64_t *off,
                             uint64_t *len);
-uint64_t qcow2_rb_get(const qcow2_state *s, const uint8_t *block, uint64_t i);
-void qcow2_rb_set(const qcow2_state *s, uint8_t *block, uint64_t i, uint64_t v);
 void qcow2_note_refcount_change(qcow2_state *s);
 
 /* cluster.c */
@@ -376,8 +374,6 @@ int qcow2_l2_get(qcow2_state *s, uint64_t l1_index, uint8_t **table, vdk_error *
 int qcow2_l2_get_for_write(qcow2_state *s, uint64_t l1_index, uint8_t **table,
                            vdk_error *err);
 void qcow2_l2_put(qcow2_state *s, uint8_t **table);
-int qcow2_l2_entry_read(const qcow2_state *s, const uint8_t *table, uint64_t l2_index,
-                        uint64_t *word, uint64_t *bitmap);
 void qcow2_l2_entry_write(qcow2_state *s, uint8_t *table, uint64_t l2_index,
                           uint64_t word, uint64_t bitmap);
 int qcow2_decode(qcow2_state *s, uint64_t guest_cluster, uint64_t word, uint64_t bitmap,
@@ -460,5 +456,58 @@ int qcow2_check(vdk_image *img, unsigned mode, vdk_check_report *rep, vdk_error 
 /* inspect.c (inspection queries; inspect-scan.c, inspect.h) */
 int qcow2_inspect(vdk_image *img, const char *query, const int64_t *args, size_t nargs,
                   vdk_emitter *out, vdk_error *err);
+
+/* Entry i of a refcount block (refcount_order 0 to 6: 1- to 64-bit, big-endian
+ * for the widths of a byte and more); inline, as every refcount walk calls them. */
+static inline uint64_t qcow2_rb_get(const qcow2_state *s, const uint8_t *b, uint64_t i)
+{
+    switch (s->refcount_order) {
+    case 0: return (b[i >> 3] >> (i & 7)) & 1;
+    case 1: return (b[i >> 2] >> ((i & 3) * 2)) & 3;
+    case 2: return (b[i >> 1] >> ((i & 1) * 4)) & 15;
+    case 3: return b[i];
+    case 4: return vdk_be16(b + 2 * i);
+    case 5: return vdk_be32(b + 4 * i);
+    default: return vdk_be64(b + 8 * i);
+    }
+}
+
+static inline void qcow2_rb_set(const qcow2_state *s, uint8_t *b, uint64_t i, uint64_t v)
+{
+    unsigned sh;
+    switch (s->refcount_order) {
+    case 0:
+        sh = i & 7;
+        b[i >> 3] = (uint8_t)((b[i >> 3] & ~(1u << sh)) | ((v & 1) << sh));
+        break;
+    case 1:
+        sh = (i & 3) * 2;
+        b[i >> 2] = (uint8_t)((b[i >> 2] & ~(3u << sh)) | ((v & 3) << sh));
+        break;
+    case 2:
+        sh = (i & 1) * 4;
+        b[i >> 1] = (uint8_t)((b[i >> 1] & ~(15u << sh)) | ((v & 15) << sh));
+        break;
+    case 3: b[i] = (uint8_t)v; break;
+    case 4: vdk_put_be16(b + 2 * i, (uint16_t)v); break;
+    case 5: vdk_put_be32(b + 4 * i, (uint32_t)v); break;
+    default: vdk_put_be64(b + 8 * i, v); break;
+    }
+}
+
+/* Entry i of an L2 table: the word, and the subcluster bitmap of an extended
+ * L2 entry (0 otherwise). */
+static inline int qcow2_l2_entry_read(const qcow2_state *s, const uint8_t *t, uint64_t i, uint64_t *word,
+                        uint64_t *bitmap)
+{
+    if (s->ext_l2) {
+        *word = vdk_be64(t + i * 16);
+        *bitmap = vdk_be64(t + i * 16 + 8);
+    } else {
+        *word = vdk_be64(t + i * 8);
+        *bitmap = 0;
+    }
+    return 0;
+}
 
 #endif /* VDK_QCOW2_H */

@@ -29,42 +29,6 @@
 
 /* ---------------------------------------------------------------- entries */
 
-uint64_t qcow2_rb_get(const qcow2_state *s, const uint8_t *b, uint64_t i)
-{
-    switch (s->refcount_order) {
-    case 0: return (b[i >> 3] >> (i & 7)) & 1;
-    case 1: return (b[i >> 2] >> ((i & 3) * 2)) & 3;
-    case 2: return (b[i >> 1] >> ((i & 1) * 4)) & 15;
-    case 3: return b[i];
-    case 4: return vdk_be16(b + 2 * i);
-    case 5: return vdk_be32(b + 4 * i);
-    default: return vdk_be64(b + 8 * i);
-    }
-}
-
-void qcow2_rb_set(const qcow2_state *s, uint8_t *b, uint64_t i, uint64_t v)
-{
-    unsigned sh;
-    switch (s->refcount_order) {
-    case 0:
-        sh = i & 7;
-        b[i >> 3] = (uint8_t)((b[i >> 3] & ~(1u << sh)) | ((v & 1) << sh));
-        break;
-    case 1:
-        sh = (i & 3) * 2;
-        b[i >> 2] = (uint8_t)((b[i >> 2] & ~(3u << sh)) | ((v & 3) << sh));
-        break;
-    case 2:
-        sh = (i & 1) * 4;
-        b[i >> 1] = (uint8_t)((b[i >> 1] & ~(15u << sh)) | ((v & 15) << sh));
-        break;
-    case 3: b[i] = (uint8_t)v; break;
-    case 4: vdk_put_be16(b + 2 * i, (uint16_t)v); break;
-    case 5: vdk_put_be32(b + 4 * i, (uint32_t)v); break;
-    default: vdk_put_be64(b + 8 * i, v); break;
-    }
-}
-
 void qcow2_note_refcount_change(qcow2_state *s)
 {
     if (!s->lazy && s->l2_cache && s->rc_cache)

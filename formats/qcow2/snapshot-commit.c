@@ -222,9 +222,8 @@ static int add_block(plan *p, uint64_t ti)
 
 /* Step 2, for one cluster: the final refcount must be representable, and
  * only clusters in use may gain references. */
-static int check_one(uint64_t c, int32_t delta, void *ctx)
+static inline int check_one(uint64_t c, int32_t delta, check_ctx *k)
 {
-    check_ctx *k = ctx;
     qcow2_state *s = k->s;
     uint64_t live;
     int r = qcow2_rc_cursor_get(s, &k->c, c, &live, k->err);
@@ -245,6 +244,27 @@ static int check_one(uint64_t c, int32_t delta, void *ctx)
                         "refcounts hold",
                         (unsigned long long)(c << s->cluster_bits), (long long)f,
                         1u << s->refcount_order);
+    return 0;
+}
+
+/* Step 2 for every cluster with a change, chunk by chunk (the walk runs
+ * over every cluster a snapshot references). */
+static int check_all(const qcow2_deltas *d, check_ctx *k)
+{
+    uint64_t per = UINT64_C(1) << d->chunk_bits;
+    for (size_t i = 0; i < d->cap; i++) {
+        if (!d->keys[i])
+            continue;
+        uint64_t base = (d->keys[i] - 1) << d->chunk_bits;
+        const int32_t *v = d->vals[i];
+        for (uint64_t j = 0; j < per; j++) {
+            if (v[j] == 0)
+                continue;
+            int r = check_one(base + j, v[j], k);
+            if (r < 0)
+                return r;
+        }
+    }
     return 0;
 }
 
@@ -555,7 +575,7 @@ int qcow2_txn_commit(qcow2_state *s, qcow2_txn *t, vdk_error *err)
     if (r == 0)
         r = decide(s, t, &p, err);
     if (r == 0)
-        r = qcow2_deltas_each(&t->d, check_one, &k);
+        r = check_all(&t->d, &k);
     qcow2_rc_cursor_put(s, &k.c);
     if (r == 0)
         r = allocate(s, t, &p, err);

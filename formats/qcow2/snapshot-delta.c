@@ -74,16 +74,9 @@ static int grow(qcow2_deltas *d)
     return 0;
 }
 
-int qcow2_deltas_add(qcow2_deltas *d, uint64_t cluster, int32_t delta, vdk_error *err)
+int qcow2_deltas_add_slow(qcow2_deltas *d, uint64_t cluster, int32_t delta, vdk_error *err)
 {
     uint64_t key = (cluster >> d->chunk_bits) + 1;
-    if (key == d->last_key && d->last) {
-        int32_t *v = &d->last[cluster & ((UINT64_C(1) << d->chunk_bits) - 1)];
-        if ((delta > 0 && *v <= INT32_MAX - delta) || (delta < 0 && *v >= INT32_MIN - delta)) {
-            *v += delta;
-            return 0;
-        }
-    }
     if ((d->n + 1) * 2 > d->cap && grow(d) < 0)
         return vdk_fail(err, -ENOMEM, "out of memory for snapshot refcount changes");
     size_t i = slot_of(d, key);
@@ -104,7 +97,7 @@ int qcow2_deltas_add(qcow2_deltas *d, uint64_t cluster, int32_t delta, vdk_error
     return 0;
 }
 
-int32_t qcow2_deltas_get(const qcow2_deltas *d, uint64_t cluster)
+int32_t qcow2_deltas_get_slow(const qcow2_deltas *d, uint64_t cluster)
 {
     if (!d->cap)
         return 0;
@@ -119,26 +112,8 @@ int32_t qcow2_deltas_get(const qcow2_deltas *d, uint64_t cluster)
     return d->vals[i][cluster & mask];
 }
 
-int qcow2_deltas_each(const qcow2_deltas *d, int (*fn)(uint64_t, int32_t, void *), void *ctx)
-{
-    uint64_t per = UINT64_C(1) << d->chunk_bits;
-    for (size_t i = 0; i < d->cap; i++) {
-        if (!d->keys[i])
-            continue;
-        uint64_t base = (d->keys[i] - 1) << d->chunk_bits;
-        for (uint64_t j = 0; j < per; j++) {
-            if (d->vals[i][j] == 0)
-                continue;
-            int r = fn(base + j, d->vals[i][j], ctx);
-            if (r < 0)
-                return r;
-        }
-    }
-    return 0;
-}
-
-int qcow2_rc_cursor_get(qcow2_state *s, qcow2_rc_cursor *c, uint64_t cluster, uint64_t *rc,
-                        vdk_error *err)
+int qcow2_rc_cursor_get_slow(qcow2_state *s, qcow2_rc_cursor *c, uint64_t cluster,
+                             uint64_t *rc, vdk_error *err)
 {
     uint64_t ti = cluster >> s->rb_bits;
     if (!c->blk || c->ti != ti) {
@@ -162,16 +137,6 @@ void qcow2_rc_cursor_put(qcow2_state *s, qcow2_rc_cursor *c)
     if (c->blk)
         vdk_cache_put(s->rc_cache, (void **)&c->blk);
     c->blk = NULL;
-}
-
-int qcow2_final_refcount(qcow2_state *s, const qcow2_deltas *d, qcow2_rc_cursor *c,
-                         uint64_t cluster, int64_t *out, vdk_error *err)
-{
-    uint64_t live;
-    int r = c ? qcow2_rc_cursor_get(s, c, cluster, &live, err)
-              : qcow2_refcount_get(s, cluster, &live, err);
-    *out = (int64_t)live + qcow2_deltas_get(d, cluster);
-    return r;
 }
 
 /* ---------------------------------------------------------------- walks */
@@ -206,10 +171,23 @@ int qcow2_deltas_add_table(qcow2_state *s, qcow2_deltas *d, uint64_t l1i, uint64
     uint8_t *t = NULL;
     if (r == 0)
         r = vdk_cache_get(s->l2_cache, off, (void **)&t, err);
-    uint64_t n = UINT64_C(1) << s->l2_bits;
+    uint64_t n = UINT64_C(1) << s->l2_bits, lim = qcow2_host_limit(s);
+    bool plain = !s->ext_l2 && s->data_file == s->file;
     for (uint64_t i = 0; r == 0 && i < n; i++) {
         uint64_t w, b;
         qcow2_l2_entry_read(s, t, i, &w, &b);
+        if (plain && !(w & QCOW2_OFLAG_COMPRESSED)) {
+            /* The common entry, decoded inline: a host cluster that is
+             * aligned and inside the file, or none. Anything else takes
+             * the checked way below, which names the damage. */
+            uint64_t host = w & QCOW2_OFFSET_MASK;
+            if (!host)
+                continue;
+            if (!(host & (s->cluster_size - 1)) && host >= s->cluster_size && host < lim) {
+                r = qcow2_deltas_add(d, host >> s->cluster_bits, delta, err);
+                continue;
+            }
+        }
         if (w || b)
             r = add_entry(s, d, (l1i << s->l2_bits) + i, w, b, delta, err);
     }

@@ -10,7 +10,6 @@
 -- tables with id, name, vm_state_size, disk_size, date_sec, date_nsec,
 -- vm_clock_nsec and icount (absent when the snapshot has none).
 local size = require "vdk.size"
-local json = require "vdk.json"
 
 local S = {}
 
@@ -51,7 +50,7 @@ function S.json_list(list)
       icount = s.icount,
     }
   end
-  return json.array(out)
+  return require("vdk.json").array(out)
 end
 
 -- The list of a JSON-form "snapshots" array (as in img:snapshots()).

@@ -9,7 +9,6 @@
 local vdk = require "vdk.core" -- (not "vdk": a command that starts fast)
 local cli = require "vdk.cli"
 local S = require "vdk.snapshot"
-local savevm = require "vdk.savevm"
 local human = require("vdk.size").human
 
 local CACHE_MODES = { writeback = true, writethrough = true, none = true, directsync = true,
@@ -112,6 +111,7 @@ local function create(img, name, opts)
   local state = opts["vmstate-in"]
   if not state then return img:snapshot_create(name) end
   local src = state == "-" and io.stdin or state
+  local savevm = require "vdk.savevm" -- loaded only when a VM state is saved
   local ok, msg, code = savevm.save(img, name, src, {
     progress = progress_fn(opts, state ~= "-" and file_size(state) or nil),
   })
@@ -121,6 +121,7 @@ end
 
 local function export(img, ref, opts)
   local out = opts["vmstate-out"]
+  local savevm = require "vdk.savevm"
   local ok, msg, code = savevm.export(img, ref, out == "-" and io.stdout or out,
                                       { progress = progress_fn(opts) })
   if opts.p and not opts.q then io.stderr:write("\n") end
