@@ -200,4 +200,77 @@ describe("vdk snapshot against qemu-img", function()
     assert.equal(1, code)
     assert.truthy(err:find("qcow2 target", 1, true), err)
   end)
+
+  -- qemu-img (v3 images) shrinks an image that has snapshots: they keep
+  -- their own tables and disk sizes. vdk does the same, and converts such
+  -- an image with every snapshot at its own size.
+  it("shrinks an image with snapshots and keeps snapshots of every disk size", function()
+    local dir = U.tmpdir()
+    local src, dst = dir .. "/src.qcow2", dir .. "/dst.qcow2"
+    U.must("qemu-img create -q -f qcow2 %s 128M", U.q(src))
+    U.must("qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 100M 1M' %s", U.q(src))
+    U.must("qemu-img snapshot -c big %s", U.q(src))
+    U.must("qemu-img resize -q --shrink %s 64M", U.q(src))
+    U.must("qemu-io -c 'write -P 3 0 64k' %s", U.q(src))
+    U.must("qemu-img snapshot -c small %s", U.q(src))
+    U.must("qemu-img resize -q %s 96M", U.q(src))
+    must_vdk("convert", "-q", "--keep-snapshots", "-O", "qcow2", src, dst)
+    check_clean(dst, "the copy")
+    assert.equal(U.must("qemu-img snapshot -l %s", U.q(src)), U.must("qemu-img snapshot -l %s", U.q(dst)))
+    U.must("qemu-img compare -q %s %s", U.q(src), U.q(dst))
+    local views = {}
+    for _, name in ipairs({ "big", "small" }) do
+      for _, img in ipairs({ src, dst }) do
+        local out = dir .. "/" .. name .. "-" .. #views .. ".raw"
+        must_vdk("convert", "-q", "-l", name, "-O", "raw", img, out)
+        views[#views + 1] = U.read_file(out)
+      end
+      assert.equal(name == "big" and 128 * 1024 * 1024 or 64 * 1024 * 1024, #views[#views])
+      assert.is_true(views[#views - 1] == views[#views], name)
+    end
+
+    -- Shrink through the module, inside a cluster, with snapshots that
+    -- share the L2 tables being cut: the same content as qemu-img's shrink,
+    -- each snapshot unchanged, and qemu-img check clean.
+    local a, b = dir .. "/a.qcow2", dir .. "/b.qcow2"
+    U.must("cp %s %s", U.q(dst), U.q(a))
+    U.must("qemu-io -c 'write -P 5 0 200k' -c 'write -P 6 90M 2M' %s", U.q(a))
+    must_vdk("snapshot", "-c", "third", a)
+    U.must("qemu-io -c 'write -P 7 1M 64k' %s", U.q(a))
+    U.must("cp %s %s", U.q(a), U.q(b))
+    local before = {}
+    for _, name in ipairs({ "big", "small", "third" }) do
+      local out = dir .. "/before-" .. name .. ".raw"
+      must_vdk("convert", "-q", "-l", name, "-O", "raw", a, out)
+      before[name] = U.read_file(out)
+    end
+    local size = 1000 * 1024 + 3 * 512
+    local vdk_mod = require "vdk"
+    local img = assert(vdk_mod.open(a, { readonly = false }))
+    assert(img:resize(size, { shrink = true }))
+    img:close()
+    U.must("qemu-img resize -q --shrink %s %d", U.q(b), size)
+    check_clean(a, "after the shrink")
+    U.must("qemu-img compare -q %s %s", U.q(a), U.q(b))
+    for _, name in ipairs({ "big", "small", "third" }) do
+      local out = dir .. "/after-" .. name .. ".raw"
+      must_vdk("convert", "-q", "-l", name, "-O", "raw", a, out)
+      assert.is_true(U.read_file(out) == before[name], name)
+    end
+  end)
+
+  it("refuses to resize a version 2 image that has snapshots, as qemu-img does", function()
+    local dir = U.tmpdir()
+    local img = dir .. "/v2.qcow2"
+    U.must("qemu-img create -q -f qcow2 -o compat=0.10 %s 8M", U.q(img))
+    U.must("qemu-img snapshot -c s %s", U.q(img))
+    local q = U.run("qemu-img resize -q %s 16M", U.q(img))
+    assert.is_false(q)
+    local h = assert(require("vdk").open(img, { readonly = false }))
+    local ok, msg = h:resize(16 * 1024 * 1024)
+    h:close()
+    assert.is_nil(ok)
+    assert.truthy(msg:find("version 2", 1, true), msg)
+    assert.equal(8 * 1024 * 1024, assert(require("vdk").open(img)).size)
+  end)
 end)

@@ -204,9 +204,9 @@ static int drop_clusters(qcow2_state *s, uint64_t gc, uint64_t end, vdk_error *e
 
 static int shrink(qcow2_state *s, uint64_t size, vdk_error *err)
 {
-    if (s->nb_snapshots)
-        return vdk_fail(err, VDK_EUNSUPPORTED,
-                        "qcow2: cannot shrink an image with internal snapshots");
+    /* Snapshots keep their own L1 tables: dropping the active mappings
+     * only takes the active image's references (a shared L2 table is
+     * copied before it changes, as for any write). */
     uint64_t cs = s->cluster_size, keep = qcow2_size_to_clusters(s, size);
     int r = drop_clusters(s, keep, qcow2_size_to_clusters(s, s->size), err);
     if (r == 0)
@@ -276,6 +276,10 @@ int qcow2_resize(vdk_image *img, uint64_t size, int prealloc, unsigned flags,
     pthread_mutex_lock(&s->lock);
     uint64_t old = s->size;
     int r = qcow2_prepare_write(s, err);
+    if (r == 0 && size != old && s->nb_snapshots && s->version < 3)
+        r = vdk_fail(err, VDK_EUNSUPPORTED,
+                     "qcow2: cannot resize a version 2 image that has internal snapshots "
+                     "(its snapshot table does not record their disk sizes)");
     if (r == 0 && size < old) {
         r = shrink(s, size, err);
         if (r == 0)
