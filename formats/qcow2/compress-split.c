@@ -47,6 +47,7 @@ typedef struct codec_ctx {
     bool z_ready;
 #endif
     ZSTD_CCtx *zstd;
+    ZSTD_DCtx *unzstd;
 } codec_ctx;
 
 static pthread_key_t ctx_key;
@@ -64,6 +65,7 @@ static void ctx_free(void *p)
         deflateEnd(&c->z);
 #endif
     ZSTD_freeCCtx(c->zstd);
+    ZSTD_freeDCtx(c->unzstd);
     free(c);
 }
 
@@ -152,6 +154,21 @@ int qcow2_inflate_fast(void *dst, size_t dlen, const void *src, size_t slen)
     return r == LIBDEFLATE_SUCCESS && out == dlen ? 0 : 1;
 }
 #endif
+
+/*
+ * This thread's zstd decompression context, reset for a new cluster; NULL
+ * without memory (compress.c then makes one for the call). Creating one per
+ * cluster cost more than decompressing a 64 KiB cluster.
+ */
+ZSTD_DCtx *qcow2_zstd_dctx(void)
+{
+    codec_ctx *c = thread_ctx();
+    if (!c || (!c->unzstd && !(c->unzstd = ZSTD_createDCtx())))
+        return NULL;
+    if (ZSTD_isError(ZSTD_DCtx_reset(c->unzstd, ZSTD_reset_session_only)))
+        return NULL;
+    return c->unzstd;
+}
 
 /* ---------------------------------------------------------------- slots */
 

@@ -82,8 +82,8 @@ static int zlib_decompress(void *dst, size_t dlen, const void *src, size_t slen)
 
 static int zstd_decompress(void *dst, size_t dlen, const void *src, size_t slen)
 {
-    ZSTD_DCtx *d = ZSTD_createDCtx();
-    if (!d)
+    ZSTD_DCtx *d = qcow2_zstd_dctx(), *own = NULL; /* compress-split.c */
+    if (!d && !(d = own = ZSTD_createDCtx()))
         return -ENOMEM;
     ZSTD_outBuffer out = {dst, dlen, 0};
     ZSTD_inBuffer in = {src, slen, 0};
@@ -96,7 +96,7 @@ static int zstd_decompress(void *dst, size_t dlen, const void *src, size_t slen)
             break;
         }
     }
-    ZSTD_freeDCtx(d);
+    ZSTD_freeDCtx(own);
     return r;
 }
 

@@ -422,6 +422,8 @@ int qcow2_compress_cluster(vdk_image *img, void *dst, size_t cap, const void *sr
 int qcow2_pwrite_precompressed(vdk_image *img, const void *data, size_t dlen, uint64_t off,
                                vdk_error *err);
 int qcow2_inflate_fast(void *dst, size_t dlen, const void *src, size_t slen);
+struct ZSTD_DCtx_s; /* ZSTD_DCtx of <zstd.h> */
+struct ZSTD_DCtx_s *qcow2_zstd_dctx(void);
 
 /* measure.c */
 int qcow2_measure(const vdk_measure_args *args, vdk_measure_info *out, vdk_error *err);
