@@ -50,8 +50,11 @@ static int write_fixes(qc_check *c, bool late, vdk_error *err)
         if (r < 0)
             return qcow2_set_broken(s, r);
         uint64_t l1_end = s->l1_offset + (uint64_t)s->l1_size * 8;
-        if (f->where >= s->l1_offset && f->where < l1_end)
-            s->l1[(f->where - s->l1_offset) / 8] = f->word;
+        if (f->where >= s->l1_offset && f->where < l1_end) {
+            uint64_t *l1e = &s->l1[(f->where - s->l1_offset) / 8];
+            qcow2_l2set_change(s, *l1e, f->word);
+            *l1e = f->word;
+        }
         any = true;
     }
     return any ? flush(c, err) : 0;

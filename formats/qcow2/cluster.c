@@ -362,6 +362,7 @@ static int l2_new(qcow2_state *s, uint64_t l1i, uint8_t *old, uint8_t **table,
         r = fix_copied_flags(s, *table, err);
     }
     vdk_cache_mark_dirty(s->l2_cache, *table);
+    qcow2_l2set_change(s, s->l1[l1i], off);
     s->l1[l1i] = off | QCOW2_OFLAG_COPIED;
     qcow2_l1_mark_dirty(s, l1i);
     return r;

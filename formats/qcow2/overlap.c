@@ -5,10 +5,11 @@
  * allocator never finds one free. A damaged image may lie; before a newly
  * allocated range is written, it is checked against the header cluster, the
  * active L1 table, the refcount table, the snapshot table and snapshot L1
- * tables (sorted, merged extents: binary search), and the refcount blocks (a
- * hash set of their offsets). Active L2 tables are not checked (QEMU's
- * "cached" mode checks them by walking the L1 table; that cost would fall on
- * every allocation here); they are protected by their refcounts only.
+ * tables (sorted, merged extents: binary search), the refcount blocks (a
+ * hash set of their offsets) and the active L2 tables (as QEMU's default
+ * "cached" mode does). The L2 set follows every change of an active L1
+ * entry; a hit is confirmed against the L1 table itself before it counts,
+ * so a set that missed a change can only miss an overlap, never invent one.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -58,6 +59,93 @@ int qcow2_rbset_add(qcow2_state *s, uint64_t off)
 bool qcow2_rbset_has(const qcow2_state *s, uint64_t off)
 {
     return s->rbset_cap && s->rbset[slot_for(s->rbset, s->rbset_cap, off)] == off;
+}
+
+/* ---------------------------------------------------------------- active L2 tables */
+
+static int l2set_grow(qcow2_state *s)
+{
+    size_t cap = s->l2set_cap ? s->l2set_cap * 2 : 64;
+    uint64_t *keys = calloc(cap, sizeof *keys);
+    uint32_t *count = calloc(cap, sizeof *count);
+    if (!keys || !count) {
+        free(keys);
+        free(count);
+        return -ENOMEM;
+    }
+    size_t used = 0;
+    for (size_t i = 0; i < s->l2set_cap; i++) {
+        if (!s->l2set[i] || !s->l2set_count[i])
+            continue; /* tables no longer in the L1 table go */
+        size_t j = slot_for(keys, cap, s->l2set[i]);
+        keys[j] = s->l2set[i];
+        count[j] = s->l2set_count[i];
+        used++;
+    }
+    free(s->l2set);
+    free(s->l2set_count);
+    s->l2set = keys;
+    s->l2set_count = count;
+    s->l2set_cap = cap;
+    s->l2set_used = used;
+    return 0;
+}
+
+static void l2set_add(qcow2_state *s, uint64_t off)
+{
+    if (!off)
+        return;
+    /* Without memory the table goes unrecorded: an overlap with it is
+     * missed, as before the set existed; nothing is refused wrongly. */
+    if ((s->l2set_used + 1) * 2 > s->l2set_cap && l2set_grow(s) < 0)
+        return;
+    size_t i = slot_for(s->l2set, s->l2set_cap, off);
+    if (!s->l2set[i]) {
+        s->l2set[i] = off;
+        s->l2set_used++;
+    }
+    s->l2set_count[i]++;
+}
+
+/* An active L1 entry changed from old_entry to new_entry (whole words). */
+void qcow2_l2set_change(qcow2_state *s, uint64_t old_entry, uint64_t new_entry)
+{
+    uint64_t old = old_entry & QCOW2_OFFSET_MASK, nw = new_entry & QCOW2_OFFSET_MASK;
+    if (old == nw)
+        return;
+    if (old && s->l2set_cap) {
+        size_t i = slot_for(s->l2set, s->l2set_cap, old);
+        if (s->l2set[i] && s->l2set_count[i])
+            s->l2set_count[i]--;
+    }
+    l2set_add(s, nw);
+}
+
+/* The set again from the L1 table (after it was replaced). */
+void qcow2_l2set_rebuild(qcow2_state *s)
+{
+    free(s->l2set);
+    free(s->l2set_count);
+    s->l2set = NULL;
+    s->l2set_count = NULL;
+    s->l2set_cap = s->l2set_used = 0;
+    for (uint64_t i = 0; s->l1 && i < s->l1_size; i++)
+        l2set_add(s, s->l1[i] & QCOW2_OFFSET_MASK);
+}
+
+/* Whether the cluster at off is an active L2 table: the set says maybe,
+ * the L1 table says for sure. */
+static bool is_active_l2(const qcow2_state *s, uint64_t off)
+{
+    if (!s->l2set_cap)
+        return false;
+    size_t i = slot_for(s->l2set, s->l2set_cap, off);
+    if (!s->l2set[i] || !s->l2set_count[i])
+        return false;
+    for (uint64_t j = 0; j < s->l1_size; j++)
+        if ((s->l1[j] & QCOW2_OFFSET_MASK) == off)
+            return true;
+    return false;
 }
 
 /* ---------------------------------------------------------------- fixed extents */
@@ -115,6 +203,7 @@ int qcow2_overlap_init(qcow2_state *s, vdk_error *err)
         if (off && qcow2_rbset_add(s, off) < 0)
             return vdk_fail(err, -ENOMEM, "out of memory");
     }
+    qcow2_l2set_rebuild(s);
     return 0;
 }
 
@@ -122,9 +211,14 @@ void qcow2_overlap_free(qcow2_state *s)
 {
     free(s->rbset);
     free(s->fixed_iv);
+    free(s->l2set);
+    free(s->l2set_count);
     s->rbset = NULL;
     s->fixed_iv = NULL;
+    s->l2set = NULL;
+    s->l2set_count = NULL;
     s->rbset_cap = s->rbset_n = s->n_fixed_iv = 0;
+    s->l2set_cap = s->l2set_used = 0;
 }
 
 /* Refresh after the L1 table or refcount table moved. */
@@ -150,7 +244,7 @@ bool qcow2_overlaps_metadata(const qcow2_state *s, uint64_t off, uint64_t len)
     if (lo > 0 && s->fixed_iv[lo - 1].end > off)
         return true;
     for (uint64_t c = off & ~(s->cluster_size - 1); c < end; c += s->cluster_size)
-        if (qcow2_rbset_has(s, c))
+        if (qcow2_rbset_has(s, c) || is_active_l2(s, c))
             return true;
     return false;
 }

@@ -251,6 +251,9 @@ typedef struct qcow2_state {
     size_t rbset_cap, rbset_n;
     struct qcow2_iv { uint64_t start, end; } *fixed_iv;
     size_t n_fixed_iv;
+    uint64_t *l2set;        /* offsets of the active L2 tables (overlap.c) */
+    uint32_t *l2set_count;  /* how many L1 entries point at each (0: gone) */
+    size_t l2set_cap, l2set_used;
 
     /* Allocation. */
     uint64_t file_size;     /* bytes, at open */
@@ -349,6 +352,8 @@ void qcow2_overlap_free(qcow2_state *s);
 int qcow2_overlap_refresh(qcow2_state *s);
 int qcow2_rbset_add(qcow2_state *s, uint64_t off);
 bool qcow2_rbset_has(const qcow2_state *s, uint64_t off);
+void qcow2_l2set_change(qcow2_state *s, uint64_t old_entry, uint64_t new_entry);
+void qcow2_l2set_rebuild(qcow2_state *s);
 
 /* refcount.c */
 int qcow2_refcount_get(qcow2_state *s, uint64_t cluster, uint64_t *rc, vdk_error *err);

@@ -191,6 +191,7 @@ static int drop_clusters(qcow2_state *s, uint64_t gc, uint64_t end, vdk_error *e
                 return r;
         }
         if (whole) { /* the whole table is past the end */
+            qcow2_l2set_change(s, s->l1[l1i], 0);
             s->l1[l1i] = 0;
             qcow2_l1_mark_dirty(s, l1i);
             int r = qcow2_free_later(s, l2, s->cluster_size, QCOW2_FREE_L2 | QCOW2_FREE_PUNCH, err);

@@ -387,6 +387,7 @@ int qcow2_snapshot_load(vdk_image *img, const char *id, vdk_error *err)
         free(s->l1);
         s->l1 = l1;
         s->l1_size = sn->l1_size; /* l1_offset stays the active table's (read-only) */
+        qcow2_l2set_rebuild(s);
         s->size = sn->disk_size;
         vdk_image_set_size(img, s->size);
     }

@@ -310,6 +310,24 @@ static void write_cases(void)
         vdk_image_close(img, &err);
         VT_CHECK(rd(d, 72, 8) & 2, "corrupt bit set on disk");
     }
+    /* Refcount of an active L2 table's cluster zeroed: new data must not
+     * land on the table (QEMU's "cached" overlap check covers it too). */
+    d = fresh("t.qcow2");
+    l1 = rd(d, 40, 8);
+    uint64_t l2t = rd(d, (long)l1, 8) & UINT64_C(0x00fffffffffffe00);
+    uint64_t l2_first = rd(d, (long)l2t, 8);
+    wr(d, (long)(rb + (l2t / 65536) * 2), 2, 0);
+    img = open_ok("refcount hole under an L2 table", d, VDK_OPEN_RDWR);
+    if (img) {
+        int r = 0;
+        for (int i = 0; i < 64 && r == 0; i++)
+            r = vdk_image_pwrite(img, b, sizeof b, (uint64_t)(100 + i) << 20, &err);
+        VT_CHECK(r == VDK_ECORRUPT && strstr(err.msg, "overlap"), "L2 overlap: got %s '%s'",
+                 vdk_errname(r), err.msg);
+        vdk_image_close(img, &err);
+        VT_CHECK(rd(d, 72, 8) & 2, "corrupt bit set on disk (L2 overlap)");
+        VT_CHECK(rd(d, (long)l2t, 8) == l2_first, "the L2 table is untouched");
+    }
     /* Refcount table entry unaligned: writing needs it, reading does not. */
     d = fresh("t.qcow2");
     wr(d, (long)rt, 8, rb + 0x400);
