@@ -26,7 +26,7 @@ static vdk_image *open_img(const char *path, unsigned flags)
 static int make_base(const char *path)
 {
     char out[2048];
-    return tc_sh(out, sizeof out,
+    return vt_sh(out, sizeof out,
                  "qemu-img create -q -f qcow2 -o cluster_size=4096 '%s' 8M && "
                  "qemu-io -c 'write -P 1 0 200k' -c 'write -c -P 3 4M 4k' '%s' >/dev/null && "
                  "qemu-img snapshot -c s1 '%s' && qemu-io -c 'write -P 2 0 64k' '%s' >/dev/null",
@@ -35,47 +35,47 @@ static int make_base(const char *path)
 
 static void test_bounded_list(void)
 {
-    const char *p = tc_path("leaks.qcow2");
+    const char *p = vt_path("leaks.qcow2");
     char out[1024];
-    TC_CHECK(tc_sh(out, sizeof out, "qemu-img create -q -f qcow2 -o cluster_size=4096 '%s' 64M",
+    VT_CHECK(vt_sh(out, sizeof out, "qemu-img create -q -f qcow2 -o cluster_size=4096 '%s' 64M",
                    p) == 0, "%s", out);
     /* 1500 leaked clusters: refcount 1 for clusters past the metadata. */
     size_t len;
-    uint8_t *b = tc_slurp(p, &len);
+    uint8_t *b = vt_read_file(p, &len);
     uint64_t rb = vdk_be64(b + vdk_be64(b + 48));
     free(b);
     b = calloc(1, 4096 * 1600);
     int fd = open(p, O_RDWR);
-    TC_CHECK(fd >= 0 && pwrite(fd, b, 4096 * 1600, 16384) == 4096 * 1600, "extend");
+    VT_CHECK(fd >= 0 && pwrite(fd, b, 4096 * 1600, 16384) == 4096 * 1600, "extend");
     uint8_t one[2] = {0, 1};
     for (int k = 4; k < 1504; k++)
-        TC_CHECK(pwrite(fd, one, 2, rb + 2 * k) == 2, "patch");
+        VT_CHECK(pwrite(fd, one, 2, rb + 2 * k) == 2, "patch");
     close(fd);
     free(b);
     vdk_image *img = open_img(p, VDK_OPEN_CHECK);
-    TC_CHECK(img != NULL, "open");
+    VT_CHECK(img != NULL, "open");
     if (!img)
         return;
     vdk_check_report rep;
     vdk_error err = {0};
-    TC_OK(vdk_image_check(img, 0, &rep, &err), &err);
-    TC_CHECK(rep.leaks == 1500, "leaks %llu", (unsigned long long)rep.leaks);
-    TC_CHECK(rep.nproblems == VDK_CHECK_MAX_PROBLEMS && rep.problems_dropped == 500,
+    VT_OK(vdk_image_check(img, 0, &rep, &err), &err);
+    VT_CHECK(rep.leaks == 1500, "leaks %llu", (unsigned long long)rep.leaks);
+    VT_CHECK(rep.nproblems == VDK_CHECK_MAX_PROBLEMS && rep.problems_dropped == 500,
              "listed %zu, dropped %llu", rep.nproblems, (unsigned long long)rep.problems_dropped);
-    TC_CHECK(rep.problems[0].kind == VDK_CHECK_LEAK, "kind %d", rep.problems[0].kind);
+    VT_CHECK(rep.problems[0].kind == VDK_CHECK_LEAK, "kind %d", rep.problems[0].kind);
     vdk_check_report_free(&rep);
     /* Repairing a read-only image is refused; a dry run is allowed. */
     int r = vdk_image_check(img, VDK_CHECK_FIX_LEAKS, &rep, &err);
-    TC_CHECK(r == -EROFS, "repair of a read-only image: %d", r);
+    VT_CHECK(r == -EROFS, "repair of a read-only image: %d", r);
     vdk_check_report_free(&rep);
-    TC_OK(vdk_image_check(img, VDK_CHECK_FIX_LEAKS | VDK_CHECK_DRY_RUN, &rep, &err), &err);
-    TC_CHECK(rep.problems[0].fix == VDK_FIX_FREE && rep.leaks == 1500 && rep.leaks_fixed == 0,
+    VT_OK(vdk_image_check(img, VDK_CHECK_FIX_LEAKS | VDK_CHECK_DRY_RUN, &rep, &err), &err);
+    VT_CHECK(rep.problems[0].fix == VDK_FIX_FREE && rep.leaks == 1500 && rep.leaks_fixed == 0,
              "dry run: fix %d leaks %llu", rep.problems[0].fix, (unsigned long long)rep.leaks);
     vdk_check_report_free(&rep);
     vdk_image_close(img, &err);
     img = open_img(p, VDK_OPEN_CHECK | VDK_OPEN_RDWR);
-    TC_OK(vdk_image_check(img, VDK_CHECK_FIX_LEAKS, &rep, &err), &err);
-    TC_CHECK(rep.leaks_fixed == 1500 && rep.leaks == 0, "fixed %llu",
+    VT_OK(vdk_image_check(img, VDK_CHECK_FIX_LEAKS, &rep, &err), &err);
+    VT_CHECK(rep.leaks_fixed == 1500 && rep.leaks == 0, "fixed %llu",
              (unsigned long long)rep.leaks_fixed);
     vdk_check_report_free(&rep);
     vdk_image_close(img, &err);
@@ -83,31 +83,31 @@ static void test_bounded_list(void)
 
 static void test_dry_run_and_raw(void)
 {
-    const char *p = tc_path("dry.qcow2"), *raw = tc_path("r.raw");
-    TC_CHECK(make_base(p) == 0, "base");
+    const char *p = vt_path("dry.qcow2"), *raw = vt_path("r.raw");
+    VT_CHECK(make_base(p) == 0, "base");
     size_t len;
-    uint8_t *b = tc_slurp(p, &len);
+    uint8_t *b = vt_read_file(p, &len);
     uint64_t l1 = vdk_be64(b + 40), l2 = vdk_be64(b + l1) & UINT64_C(0x00fffffffffffe00);
     vdk_put_be64(b + l2 + 8, vdk_be64(b + l2)); /* a cluster referenced twice */
-    tc_spit(p, b, len);
+    vt_write_file(p, b, len);
     vdk_image *img = open_img(p, VDK_OPEN_CHECK | VDK_OPEN_RDWR);
     vdk_check_report rep;
     vdk_error err = {0};
-    TC_OK(vdk_image_check(img, VDK_CHECK_FIX_LEAKS | VDK_CHECK_FIX_ERRORS | VDK_CHECK_DRY_RUN,
+    VT_OK(vdk_image_check(img, VDK_CHECK_FIX_LEAKS | VDK_CHECK_FIX_ERRORS | VDK_CHECK_DRY_RUN,
                           &rep, &err),
           &err);
-    TC_CHECK(rep.corruptions >= 1 && rep.corruptions_fixed == 0, "dry run counts");
+    VT_CHECK(rep.corruptions >= 1 && rep.corruptions_fixed == 0, "dry run counts");
     vdk_check_report_free(&rep);
     vdk_image_close(img, &err);
     size_t len2;
-    uint8_t *after = tc_slurp(p, &len2);
-    TC_CHECK(after && len2 == len && memcmp(after, b, len) == 0, "a dry run wrote");
+    uint8_t *after = vt_read_file(p, &len2);
+    VT_CHECK(after && len2 == len && memcmp(after, b, len) == 0, "a dry run wrote");
     free(after);
     free(b);
-    tc_spit(raw, (const uint8_t *)"x", 1);
+    vt_write_file(raw, (const uint8_t *)"x", 1);
     img = open_img(raw, 0);
     int r = img ? vdk_image_check(img, 0, &rep, &err) : -1;
-    TC_CHECK(r == VDK_EUNSUPPORTED, "raw: %d %s", r, err.msg);
+    VT_CHECK(r == VDK_EUNSUPPORTED, "raw: %d %s", r, err.msg);
     vdk_check_report_free(&rep);
     if (img)
         vdk_image_close(img, &err);
@@ -170,7 +170,7 @@ static void one_mutant(const char *p, uint64_t seed)
         bool overflow = false;
         for (size_t i = 0; i < again.nproblems; i++)
             overflow |= strstr(again.problems[i].message, "overflow") != NULL;
-        TC_CHECK(r2 < 0 || overflow || (again.corruptions == 0 && again.check_errors == 0),
+        VT_CHECK(r2 < 0 || overflow || (again.corruptions == 0 && again.check_errors == 0),
                  "mutant %llu: after a repair %llu corruptions, %llu errors (%s)",
                  (unsigned long long)seed, (unsigned long long)again.corruptions,
                  (unsigned long long)again.check_errors,
@@ -182,20 +182,20 @@ static void one_mutant(const char *p, uint64_t seed)
 
 static void test_mutants(int count)
 {
-    const char *base = tc_path("base.qcow2"), *p = tc_path("mutant.qcow2");
-    TC_CHECK(make_base(base) == 0, "base");
+    const char *base = vt_path("base.qcow2"), *p = vt_path("mutant.qcow2");
+    VT_CHECK(make_base(base) == 0, "base");
     size_t len;
-    uint8_t *orig = tc_slurp(base, &len);
+    uint8_t *orig = vt_read_file(base, &len);
     if (!orig)
         return;
     uint8_t *b = malloc(len);
-    for (int i = 0; i < count && tc_failures < 10; i++) {
+    for (int i = 0; i < count && vt_failures < 10; i++) {
         uint64_t x = 1000 + (uint64_t)i;
         memcpy(b, orig, len);
         mutate(b, len, &x);
-        tc_spit(p, b, len);
+        vt_write_file(p, b, len);
         if (getenv("TC_MUTANT") && strtoull(getenv("TC_MUTANT"), NULL, 0) == 1000 + (uint64_t)i) {
-            tc_spit("/tmp/mutant.qcow2", b, len);
+            vt_write_file("/tmp/mutant.qcow2", b, len);
             break;
         }
         one_mutant(p, 1000 + (uint64_t)i);
@@ -208,18 +208,13 @@ static void test_mutants(int count)
 
 int main(int argc, char **argv)
 {
-    if (tc_sh(NULL, 0, "command -v qemu-img >/dev/null && command -v qemu-io >/dev/null")) {
+    if (vt_sh(NULL, 0, "command -v qemu-img >/dev/null && command -v qemu-io >/dev/null")) {
         printf("test_check_api: qemu-img missing, skipped\n");
         return 0;
     }
-    tc_init();
+    vt_init();
     test_bounded_list();
     test_dry_run_and_raw();
     test_mutants(argc > 1 ? atoi(argv[1]) : 300);
-    if (tc_failures) {
-        printf("test_check_api: %d failures\n", tc_failures);
-        return 1;
-    }
-    printf("test_check_api: all passed\n");
-    return 0;
+    return vt_finish("test_check_api");
 }

@@ -164,7 +164,7 @@ static void refresh(run *w, vdk_image *img, uint64_t off, uint64_t len)
         return;
     if (len > w->size - off)
         len = w->size - off;
-    TC_OK(vdk_image_pread(img, w->cur + off, len, off, &err), &err);
+    VT_OK(vdk_image_pread(img, w->cur + off, len, off, &err), &err);
 }
 
 static void one_op(run *w, vdk_image *img, uint64_t *x, uint8_t *buf)
@@ -183,12 +183,12 @@ static void one_op(run *w, vdk_image *img, uint64_t *x, uint8_t *buf)
     o->len = len;
     if (k < 11) {
         tc_fill(buf, len, tc_rand(x));
-        TC_OK(vdk_image_pwrite(img, buf, len, off, &err), &err);
+        VT_OK(vdk_image_pwrite(img, buf, len, off, &err), &err);
     } else if (k < 13) {
         unsigned f = tc_below(x, 2) ? VDK_ZERO_MAY_UNMAP : 0;
-        TC_OK(vdk_image_write_zeroes(img, len, off, f, &err), &err);
+        VT_OK(vdk_image_write_zeroes(img, len, off, f, &err), &err);
     } else if (k < 15) {
-        TC_OK(vdk_image_discard(img, len, off, &err), &err);
+        VT_OK(vdk_image_discard(img, len, off, &err), &err);
     } else if (k < 18 && qcow2 && !w->c->v2) {
         off -= off % cs;
         len = off + cs <= w->size ? cs : w->size - off;
@@ -197,17 +197,17 @@ static void one_op(run *w, vdk_image *img, uint64_t *x, uint8_t *buf)
         tc_fill(buf, len, tc_rand(x));
         if (tc_below(x, 2))
             memset(buf, 0x5a, len / 2); /* compressible */
-        TC_OK(vdk_image_pwrite_compressed(img, buf, len, off, &err), &err);
+        VT_OK(vdk_image_pwrite_compressed(img, buf, len, off, &err), &err);
     } else if (k < 19 && w->size + 8 * cs <= MAX_SIZE) {
         uint64_t ns = w->size + cs * (1 + tc_below(x, 8));
         o->off = w->size;
         o->len = ns - w->size;
-        TC_OK(vdk_image_resize(img, ns, VDK_PREALLOC_OFF, 0, &err), &err);
+        VT_OK(vdk_image_resize(img, ns, VDK_PREALLOC_OFF, 0, &err), &err);
         w->size = vdk_image_size(img);
         return refresh(w, img, o->off, o->len);
     } else {
         tc_fill(buf, len, tc_rand(x));
-        TC_OK(vdk_image_pwrite(img, buf, len, off, &err), &err);
+        VT_OK(vdk_image_pwrite(img, buf, len, off, &err), &err);
     }
     refresh(w, img, off, len);
 }
@@ -228,7 +228,7 @@ static int make_image(run *w, uint64_t seed)
     const cfg *c = w->c;
     vdk_error err = {0};
     char back[512];
-    snprintf(back, sizeof back, "%s", tc_path("backing.raw"));
+    snprintf(back, sizeof back, "%s", vt_path("backing.raw"));
     vdk_kv kv[8];
     size_t n = 0;
     kv[n++] = (vdk_kv){"cluster_size", c->cluster};
@@ -242,13 +242,13 @@ static int make_image(run *w, uint64_t seed)
     memset(w->cur, 0, MAX_SIZE);
     if (c->backing) {
         tc_fill(w->cur, SIZE, seed ^ 0xb5);
-        if (tc_spit(back, w->cur, SIZE) < 0)
+        if (vt_write_file(back, w->cur, SIZE) < 0)
             return -EIO;
         kv[n++] = (vdk_kv){"backing_file", back};
         kv[n++] = (vdk_kv){"backing_fmt", "raw"};
     }
     int r = vdk_image_create(w->image, c->format, SIZE, kv, n, &err);
-    TC_OK(r, &err);
+    VT_OK(r, &err);
     return r;
 }
 
@@ -260,10 +260,10 @@ static int record_workload(run *w, uint64_t seed)
         return -1;
     w->size = SIZE;
     memcpy(w->initial, w->cur, MAX_SIZE);
-    w->start = tc_slurp(w->image, &w->start_len);
+    w->start = vt_read_file(w->image, &w->start_len);
     w->log = vdk_record_new();
     vdk_image *img = open_recorded(w->image, w->log, VDK_OPEN_RDWR, &err);
-    TC_CHECK(img != NULL, "%s: open for the workload: %s", w->c->name, err.msg);
+    VT_CHECK(img != NULL, "%s: open for the workload: %s", w->c->name, err.msg);
     if (!img || !w->start)
         return -1;
     uint8_t *buf = malloc(4 * w->cs);
@@ -271,7 +271,7 @@ static int record_workload(run *w, uint64_t seed)
     while (w->nops < w->c->ops && w->nops < MAX_OPS) {
         one_op(w, img, &x, buf);
         if (tc_below(&x, 5) == 0 && w->nfl < MAX_FLUSHES) {
-            TC_OK(vdk_image_flush(img, &err), &err);
+            VT_OK(vdk_image_flush(img, &err), &err);
             record_flush(w);
         }
     }
@@ -288,7 +288,7 @@ static int build_state(run *w, const vdk_record *log, const uint8_t *start, size
                        const size_t *idx, size_t n)
 {
     vdk_error err = {0};
-    if (tc_spit(w->state, start, start_len) < 0)
+    if (vt_write_file(w->state, start, start_len) < 0)
         return -EIO;
     vdk_file *f = NULL;
     int r = vdk_file_open(w->state, VDK_FILE_RDWR | VDK_FILE_NOLOCK, VDK_CACHE_UNSAFE, &f, &err);
@@ -296,7 +296,7 @@ static int build_state(run *w, const vdk_record *log, const uint8_t *start, size
         r = vdk_record_apply(log, f, idx, n, &err);
         vdk_file_unref(f);
     }
-    TC_OK(r, &err);
+    VT_OK(r, &err);
     return r;
 }
 
@@ -341,12 +341,12 @@ static verdict check_image(const char *path, unsigned flags, unsigned mode, cons
     vdk_error err = {0};
     vdk_image *img = open_image(path, flags, &err);
     if (!img) {
-        TC_CHECK(0, "%s: open: %s", ctx, err.msg);
+        VT_CHECK(0, "%s: open: %s", ctx, err.msg);
         return v;
     }
     vdk_check_report rep;
     int r = vdk_image_check(img, mode, &rep, &err);
-    TC_CHECK(r == 0, "%s: check: %s", ctx, err.msg);
+    VT_CHECK(r == 0, "%s: check: %s", ctx, err.msg);
     v.ok = r == 0;
     v.corruptions = rep.corruptions;
     v.leaks = rep.leaks;
@@ -357,7 +357,7 @@ static verdict check_image(const char *path, unsigned flags, unsigned mode, cons
         for (size_t i = 0; i < rep.nproblems && i < 5; i++)
             fprintf(stderr, "    %s: %s\n", ctx, rep.problems[i].message);
     vdk_check_report_free(&rep);
-    TC_OK(vdk_image_close(img, &err), &err);
+    VT_OK(vdk_image_close(img, &err), &err);
     return v;
 }
 
@@ -384,14 +384,14 @@ static void check_data(run *w, size_t full_prefix, const char *ctx)
             memset(care + w->ops[i].off, 0, w->ops[i].len);
     vdk_error err = {0};
     vdk_image *img = open_image(w->state, 0, &err);
-    TC_CHECK(img != NULL, "%s: read-only open: %s", ctx, err.msg);
+    VT_CHECK(img != NULL, "%s: read-only open: %s", ctx, err.msg);
     if (img) {
         uint64_t size = vdk_image_size(img), n = size < wsize ? size : wsize;
         uint8_t *got = malloc(MAX_SIZE);
-        TC_OK(vdk_image_pread(img, got, n, 0, &err), &err);
+        VT_OK(vdk_image_pread(img, got, n, 0, &err), &err);
         for (uint64_t i = 0; i < n; i++) {
             if (care[i] && got[i] != want[i]) {
-                TC_CHECK(0, "%s: durable byte %llu lost (flushed prefix %zu): 0x%02x, not 0x%02x", ctx,
+                VT_CHECK(0, "%s: durable byte %llu lost (flushed prefix %zu): 0x%02x, not 0x%02x", ctx,
                          (unsigned long long)i, since, got[i], want[i]);
                 if (getenv("TC_DEBUG"))
                     for (size_t j = 0; j < 40 && j < w->crash_at; j++) {
@@ -417,17 +417,17 @@ static void check_data(run *w, size_t full_prefix, const char *ctx)
 static void qemu_check(const run *w, bool clean, const char *ctx)
 {
     char out[4096];
-    int st = tc_sh(out, sizeof out, "qemu-img check -f %s '%s'", w->c->format, w->state);
-    TC_CHECK(st == 0 || (!clean && st == 3), "%s: qemu-img check says %d: %s", ctx, st, out);
+    int st = vt_sh(out, sizeof out, "qemu-img check -f %s '%s'", w->c->format, w->state);
+    VT_CHECK(st == 0 || (!clean && st == 3), "%s: qemu-img check says %d: %s", ctx, st, out);
 }
 
 /* Check one crash state (full_prefix: log entries all present). */
 static void verify_state(run *w, stats *st, size_t full_prefix, const char *ctx)
 {
     bool qed = strcmp(w->c->format, "qed") == 0, flag = false;
-    int before = tc_failures;
+    int before = vt_failures;
     if (!read_flag(w, &flag)) {
-        TC_CHECK(0, "%s: header unreadable", ctx);
+        VT_CHECK(0, "%s: header unreadable", ctx);
         return;
     }
     st->with_flag += flag;
@@ -435,7 +435,7 @@ static void verify_state(run *w, stats *st, size_t full_prefix, const char *ctx)
     verdict v = check_image(w->state, VDK_OPEN_CHECK, 0, ctx);
     bool strict = (qed || w->c->lazy) && !flag, relaxed = (qed || w->c->lazy) && flag;
     if (v.ok && !relaxed && (v.corruptions || v.errors || (strict && v.leaks))) {
-        TC_CHECK(0, "%s: before recovery (flag %d): %llu corruptions, %llu leaks, %llu errors",
+        VT_CHECK(0, "%s: before recovery (flag %d): %llu corruptions, %llu leaks, %llu errors",
                  ctx, flag, (unsigned long long)v.corruptions, (unsigned long long)v.leaks,
                  (unsigned long long)v.errors);
         if (qed && !flag)
@@ -444,13 +444,13 @@ static void verify_state(run *w, stats *st, size_t full_prefix, const char *ctx)
     /* Recovery: a read-write open. */
     vdk_error err = {0};
     vdk_image *img = open_image(w->state, VDK_OPEN_RDWR, &err);
-    TC_CHECK(img != NULL, "%s: read-write open: %s", ctx, err.msg);
+    VT_CHECK(img != NULL, "%s: read-write open: %s", ctx, err.msg);
     if (img)
-        TC_OK(vdk_image_close(img, &err), &err);
+        VT_OK(vdk_image_close(img, &err), &err);
     v = check_image(w->state, 0, 0, ctx);
     bool recovered = flag && (qed || w->c->lazy);
     if (v.ok && (v.corruptions || v.errors || (recovered && v.leaks))) {
-        TC_CHECK(0, "%s: after recovery: %llu corruptions, %llu leaks, %llu errors", ctx,
+        VT_CHECK(0, "%s: after recovery: %llu corruptions, %llu leaks, %llu errors", ctx,
                  (unsigned long long)v.corruptions, (unsigned long long)v.leaks,
                  (unsigned long long)v.errors);
         if (recovered && v.leaks)
@@ -461,7 +461,7 @@ static void verify_state(run *w, stats *st, size_t full_prefix, const char *ctx)
         qemu_check(w, recovered, ctx);
         st->qemu_checked++;
     }
-    if (tc_failures != before)
+    if (vt_failures != before)
         st->failures++;
 }
 
@@ -472,7 +472,7 @@ static void one_state(run *w, stats *st, const size_t *idx, size_t n, size_t ful
     if (build_state(w, w->log, w->start, w->start_len, idx, n) < 0)
         return;
     size_t len;
-    uint8_t *b = tc_slurp(w->state, &len);
+    uint8_t *b = vt_read_file(w->state, &len);
     bool fresh = b && tc_set_add(&seen, tc_hash(b, len) ^ (uintptr_t)w->c);
     free(b);
     st->states++;
@@ -485,7 +485,7 @@ static void one_state(run *w, stats *st, const size_t *idx, size_t n, size_t ful
     if (getenv("TC_KEEP")) {
         char cmd[1200];
         snprintf(cmd, sizeof cmd, "cp '%s' '%s/state-%zu.img'; cp %s/backing.raw %s/ 2>/dev/null",
-                 w->state, getenv("TC_KEEP"), n, tc_dir, getenv("TC_KEEP"));
+                 w->state, getenv("TC_KEEP"), n, vt_dir, getenv("TC_KEEP"));
         if (system(cmd) != 0)
             fprintf(stderr, "keep failed\n");
     }
@@ -510,12 +510,12 @@ static void replay(run *w, stats *st, uint64_t seed)
     for (size_t i = 0; i < n; i++)
         idx[i] = i;
     /* Every prefix (CI: a sample). */
-    for (size_t p = 0; p <= n && tc_failures < 20; p++)
+    for (size_t p = 0; p <= n && vt_failures < 20; p++)
         if (opt.long_run || p == n || tc_below(&x, 6) == 0)
             one_state(w, st, idx, p, p, "prefix");
     /* Reorderings between flushes. */
     size_t prev = 0;
-    for (size_t i = 0; i <= n && tc_failures < 20; i++) {
+    for (size_t i = 0; i <= n && vt_failures < 20; i++) {
         struct vdk_record_entry e = {0};
         bool flush = i < n && vdk_record_entry(w->log, i, &e) == 0 && e.kind == VDK_RECORD_FLUSH;
         if (!flush && i != n)
@@ -553,8 +553,8 @@ static void run_config(const cfg *c, uint64_t seed, stats *st)
     w->cs = strtoull(c->cluster, NULL, 10);
     w->cur = calloc(1, MAX_SIZE);
     w->initial = calloc(1, MAX_SIZE);
-    snprintf(w->image, sizeof w->image, "%s/%s.img", tc_dir, c->name);
-    snprintf(w->state, sizeof w->state, "%s/%s.state", tc_dir, c->name);
+    snprintf(w->image, sizeof w->image, "%s/%s.img", vt_dir, c->name);
+    snprintf(w->state, sizeof w->state, "%s/%s.state", vt_dir, c->name);
     unlink(w->image);
     if (record_workload(w, seed) == 0)
         replay(w, st, seed);
@@ -569,12 +569,12 @@ static uint8_t *guest(const char *path, uint64_t *size)
 {
     vdk_error err = {0};
     vdk_image *img = open_image(path, VDK_OPEN_CHECK, &err);
-    TC_CHECK(img != NULL, "open %s: %s", path, err.msg);
+    VT_CHECK(img != NULL, "open %s: %s", path, err.msg);
     if (!img)
         return NULL;
     *size = vdk_image_size(img);
     uint8_t *b = malloc(*size);
-    TC_OK(vdk_image_pread(img, b, *size, 0, &err), &err);
+    VT_OK(vdk_image_pread(img, b, *size, 0, &err), &err);
     vdk_image_close(img, &err);
     return b;
 }
@@ -583,7 +583,7 @@ static uint8_t *guest(const char *path, uint64_t *size)
 static void damage_qcow2(const char *path, int kind)
 {
     size_t len;
-    uint8_t *b = tc_slurp(path, &len);
+    uint8_t *b = vt_read_file(path, &len);
     if (!b || len < 4096)
         return free(b);
     uint64_t cs = UINT64_C(1) << vdk_be32(b + 20), l1 = vdk_be64(b + 40), rt = vdk_be64(b + 48);
@@ -605,7 +605,7 @@ static void damage_qcow2(const char *path, int kind)
         vdk_put_be64(b + l2, e0 & ~(UINT64_C(1) << 63));
     else if (kind == 4 && order == 4) /* a leaked cluster at the end */
         vdk_put_be16(b + rb + 2 * (last - 1), 1);
-    tc_spit(path, b, len);
+    vt_write_file(path, b, len);
     free(b);
 }
 
@@ -615,16 +615,16 @@ static void repair_state(run *w, stats *st, const uint8_t *want, uint64_t wsize,
     if (build_state(w, w->log, w->start, w->start_len, idx, n) < 0)
         return;
     size_t len;
-    uint8_t *b = tc_slurp(w->state, &len);
+    uint8_t *b = vt_read_file(w->state, &len);
     bool fresh = b && tc_set_add(&seen, tc_hash(b, len) ^ 0x5eed ^ (uintptr_t)w->c);
     free(b);
     st->states++;
     if (!fresh)
         return;
     st->distinct++;
-    int f0 = tc_failures;
+    int f0 = vt_failures;
     verdict v = check_image(w->state, VDK_OPEN_CHECK, 0, ctx);
-    TC_CHECK(v.ok && v.errors == 0 && v.corruptions - v.benign <= before.corruptions - before.benign,
+    VT_CHECK(v.ok && v.errors == 0 && v.corruptions - v.benign <= before.corruptions - before.benign,
              "%s: worse than before the repair: %llu corruptions (%llu harmless; before %llu, %llu "
              "harmless), %llu errors",
              ctx, (unsigned long long)v.corruptions, (unsigned long long)v.benign,
@@ -632,15 +632,15 @@ static void repair_state(run *w, stats *st, const uint8_t *want, uint64_t wsize,
              (unsigned long long)v.errors);
     uint64_t size;
     uint8_t *g = guest(w->state, &size);
-    TC_CHECK(g && size == wsize && memcmp(g, want, size) == 0, "%s: guest data changed", ctx);
+    VT_CHECK(g && size == wsize && memcmp(g, want, size) == 0, "%s: guest data changed", ctx);
     free(g);
     verdict r = check_image(w->state, VDK_OPEN_RDWR | VDK_OPEN_CHECK,
                             VDK_CHECK_FIX_LEAKS | VDK_CHECK_FIX_ERRORS, ctx);
     verdict a = check_image(w->state, VDK_OPEN_CHECK, 0, ctx);
-    TC_CHECK(r.ok && a.ok && a.corruptions == 0 && a.leaks == 0 && a.errors == 0,
+    VT_CHECK(r.ok && a.ok && a.corruptions == 0 && a.leaks == 0 && a.errors == 0,
              "%s: one repair does not make it clean: %llu corruptions, %llu leaks", ctx,
              (unsigned long long)a.corruptions, (unsigned long long)a.leaks);
-    if (tc_failures != f0)
+    if (vt_failures != f0)
         st->failures++;
 }
 
@@ -652,15 +652,15 @@ static void replay_repair(run *w, stats *st, uint64_t seed, const char *what)
     uint8_t *want = guest(w->image, &wsize);
     verdict before = check_image(w->image, VDK_OPEN_CHECK, 0, what);
     free(w->start);
-    w->start = tc_slurp(w->image, &w->start_len);
+    w->start = vt_read_file(w->image, &w->start_len);
     w->log = vdk_record_new();
     vdk_image *img = open_recorded(w->image, w->log, VDK_OPEN_RDWR | VDK_OPEN_CHECK, &err);
-    TC_CHECK(img != NULL, "%s: open for repair: %s", what, err.msg);
+    VT_CHECK(img != NULL, "%s: open for repair: %s", what, err.msg);
     if (img && want && w->start) {
         vdk_check_report rep;
-        TC_OK(vdk_image_check(img, VDK_CHECK_FIX_LEAKS | VDK_CHECK_FIX_ERRORS, &rep, &err), &err);
+        VT_OK(vdk_image_check(img, VDK_CHECK_FIX_LEAKS | VDK_CHECK_FIX_ERRORS, &rep, &err), &err);
         vdk_check_report_free(&rep);
-        TC_OK(vdk_image_close(img, &err), &err);
+        VT_OK(vdk_image_close(img, &err), &err);
         w->crash_at = vdk_record_count(w->log);
         size_t n = w->crash_at, *idx = malloc((n + 1) * sizeof *idx);
         uint64_t x = seed;
@@ -710,8 +710,8 @@ static void run_repairs(const cfg *c, uint64_t seed, stats *st)
         w->cs = strtoull(c->cluster, NULL, 10);
         w->cur = calloc(1, MAX_SIZE);
         w->initial = calloc(1, MAX_SIZE);
-        snprintf(w->image, sizeof w->image, "%s/%s-r.img", tc_dir, c->name);
-        snprintf(w->state, sizeof w->state, "%s/%s-r.state", tc_dir, c->name);
+        snprintf(w->image, sizeof w->image, "%s/%s-r.img", vt_dir, c->name);
+        snprintf(w->state, sizeof w->state, "%s/%s-r.state", vt_dir, c->name);
         unlink(w->image);
         /* A workload, cut before its close: a crash state to start from. */
         if (record_workload(w, seed + (uint64_t)kind) == 0) {
@@ -808,14 +808,14 @@ static bool below_target(void)
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
-    if (tc_sh(NULL, 0, "command -v qemu-img >/dev/null") != 0)
+    if (vt_sh(NULL, 0, "command -v qemu-img >/dev/null") != 0)
         opt.qemu_every = 0;
-    tc_init();
+    vt_init();
     printf("crash replay (seed %llu, %s)\n", (unsigned long long)opt.seed,
            opt.long_run ? "long" : "bounded");
     uint64_t round = opt.round;
     do {
-        for (size_t i = 0; i < NCONFIGS && tc_failures < 20; i++) {
+        for (size_t i = 0; i < NCONFIGS && vt_failures < 20; i++) {
             const cfg *c = &CONFIGS[i];
             if (opt.only && !strstr(c->name, opt.only))
                 continue;
@@ -832,15 +832,10 @@ int main(int argc, char **argv)
             add(&per_format_repair[strcmp(c->format, "qed") == 0], &r);
         }
         round++;
-    } while (opt.target && tc_failures == 0 && below_target());
+    } while (opt.target && vt_failures == 0 && below_target());
     report("total qcow2", &per_format[0]);
     report("total qcow2 repairs", &per_format_repair[0]);
     report("total qed", &per_format[1]);
     report("total qed repairs", &per_format_repair[1]);
-    if (tc_failures) {
-        printf("test_crash_replay: %d failures\n", tc_failures);
-        return 1;
-    }
-    printf("test_crash_replay: all passed\n");
-    return 0;
+    return vt_finish("test_crash_replay");
 }
