@@ -21,7 +21,8 @@ local getopt = require "vdk.getopt"
 
 local cli = {}
 
-cli.COMMANDS = { "create", "info", "map", "convert", "snapshot", "compare", "measure", "check", "run", "help" }
+cli.COMMANDS = { "create", "info", "map", "convert", "snapshot", "compare", "measure", "check",
+                 "resize", "run", "help" }
 
 -- The inspection shell (scripts/vdk/commands/shell.lua), listed before "help".
 table.insert(cli.COMMANDS, #cli.COMMANDS, "shell")
