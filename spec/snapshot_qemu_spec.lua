@@ -201,6 +201,34 @@ describe("vdk snapshot against qemu-img", function()
     assert.truthy(err:find("qcow2 target", 1, true), err)
   end)
 
+  it("shares compressed clusters between snapshots in convert --keep-snapshots", function()
+    local dir = U.tmpdir()
+    local src, dst = dir .. "/src.qcow2", dir .. "/dst.qcow2"
+    -- 4 MiB of text compresses, then three snapshots with one cluster
+    -- changed between two
+    U.write_file(dir .. "/data.raw", ("vdk keeps snapshots %08d\n"):rep(4 * 1024 * 1024 // 29))
+    U.must("qemu-img convert -c -O qcow2 %s %s", U.q(dir .. "/data.raw"), U.q(src))
+    U.must("qemu-img snapshot -c one %s", U.q(src))
+    U.must("qemu-io -c 'write -P 5 1M 64k' %s", U.q(src))
+    U.must("qemu-img snapshot -c two %s", U.q(src))
+    U.must("qemu-io -c 'write -P 6 2M 64k' %s", U.q(src))
+    U.must("qemu-img snapshot -c three %s", U.q(src))
+    must_vdk("convert", "-q", "--keep-snapshots", "-O", "qcow2", src, dst)
+    check_clean(dst, "the copy")
+    for _, name in ipairs({ "one", "two", "three" }) do
+      local a, b = dir .. "/1.raw", dir .. "/2.raw"
+      os.remove(a)
+      os.remove(b)
+      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(src), U.q(a))
+      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(dst), U.q(b))
+      assert.is_true(U.read_file(a) == U.read_file(b), name)
+    end
+    U.must("qemu-img compare -q %s %s", U.q(src), U.q(dst))
+    -- the disk is stored once (uncompressed), not once per snapshot
+    local info = require("cjson").decode(U.must("qemu-img info --output=json %s", U.q(dst)))
+    assert.truthy(info["actual-size"] < 6 * 1024 * 1024, tostring(info["actual-size"]))
+  end)
+
   -- qemu-img (v3 images) shrinks an image that has snapshots: they keep
   -- their own tables and disk sizes. vdk does the same, and converts such
   -- an image with every snapshot at its own size.

@@ -48,10 +48,14 @@ local function int_arg(v, what, name)
   return n
 end
 
--- A snapshot given by index (0-based as in the table), ID or name -> index.
+-- A snapshot given by index (a number, 0-based as in the table), or by ID or
+-- name (a string: "1" is the snapshot whose ID is 1) -> index.
 local function snapshot_index(img, snap, what)
   if snap == nil then return nil end
-  if math.tointeger(snap) then return math.tointeger(snap) end
+  if type(snap) == "number" then
+    if math.tointeger(snap) then return math.tointeger(snap) end
+    return nil, ("%s: no snapshot %s"):format(what, snap), "ENOENT"
+  end
   local t, msg, code = img:inspect("snapshots")
   if not t then return nil, msg, code end
   for _, s in ipairs(t.snapshots) do
