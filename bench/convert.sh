@@ -17,6 +17,7 @@
 #   zlib               mixed.raw -> qcow2 -c (zlib), both with default options
 #   zstd               the same with -o compression_type=zstd
 #   zlib-read          mixed-zlib.qcow2 -> raw, vdk -t unsafe vs qemu-img default
+#   zstd-read          mixed-zstd.qcow2 -> raw, the same
 #   chain              chain3.qcow2 (4 deep) -> one qcow2, writeback vs -t writeback
 #   sparse             1 TiB qcow2 with 1800 L2 tables -> qcow2, writeback vs -t writeback
 #   writethrough       mixed.raw -> qcow2, -t writethrough for both
@@ -45,7 +46,7 @@ while getopts "n:s:d:" o; do
   esac
 done
 shift $((OPTIND - 1))
-all="raw-qcow2 raw-qcow2-unsafe qcow2-raw qcow2-raw-unsafe zlib zstd zlib-read chain sparse writethrough none nbd-src nbd-dst"
+all="raw-qcow2 raw-qcow2-unsafe qcow2-raw qcow2-raw-unsafe zlib zstd zlib-read zstd-read chain sparse writethrough none nbd-src nbd-dst"
 workloads=${*:-$all}
 
 "$VDK" run "$here/gen-images.lua" "$dir" "$size"
@@ -128,6 +129,7 @@ for w in $workloads; do
     zstd) bench "$w" mixed.raw "-c -O qcow2 -o compression_type=zstd mixed.raw $out" \
                 "-c -O qcow2 -o compression_type=zstd mixed.raw $out" ;;
     zlib-read) bench "$w" mixed-zlib.qcow2 "-t unsafe mixed-zlib.qcow2 $out" "-O raw mixed-zlib.qcow2 $out" ;;
+    zstd-read) bench "$w" mixed-zstd.qcow2 "-t unsafe mixed-zstd.qcow2 $out" "-O raw mixed-zstd.qcow2 $out" ;;
     chain) bench "$w" chain3.qcow2 "-O qcow2 chain3.qcow2 $out" "-t writeback -O qcow2 chain3.qcow2 $out" ;;
     sparse) bench "$w" sparse.qcow2 "-O qcow2 sparse.qcow2 $out" "-t writeback -O qcow2 sparse.qcow2 $out" ;;
     writethrough) bench "$w" mixed.raw "-t writethrough -O qcow2 mixed.raw $out" \

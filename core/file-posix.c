@@ -15,6 +15,13 @@
  * against other writers in this process: an RMW holds it exclusively, every
  * aligned write holds it shared, so no write can land between an RMW's read
  * and its write-back. Reads take no lock.
+ *
+ * Buffered writes to one file are serialised by the kernel anyway (the
+ * inode lock of ext4, XFS and block devices is held for each write), and
+ * waiters there spin: with many writers in flight, measured at a quarter of
+ * the CPU time of a compressed qcow2 -> raw conversion on 2 CPUs, taken
+ * from the workers that decompress. So buffered writes take a per-file
+ * mutex first, on which waiters sleep.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +43,7 @@ struct posix_file {
     bool direct;   /* opened with O_DIRECT */
     bool is_blk;   /* a block device */
     pthread_rwlock_t rmw; /* see the top of this file; used only when direct */
+    pthread_mutex_t wlock; /* buffered writes, one at a time (top of this file) */
     /* Learned at run time: the file system refused these fallocate modes. */
     atomic_bool no_punch, no_zero_range, no_falloc;
 };
@@ -312,8 +320,12 @@ static int posix_pread(vdk_file *f, void *buf, size_t len, uint64_t off)
 static int posix_pwrite(vdk_file *f, const void *buf, size_t len, uint64_t off)
 {
     struct posix_file *p = to_posix(f);
-    if (!p->direct)
-        return write_full(p->fd, buf, len, off);
+    if (!p->direct) {
+        pthread_mutex_lock(&p->wlock);
+        int r = write_full(p->fd, buf, len, off);
+        pthread_mutex_unlock(&p->wlock);
+        return r;
+    }
     if (is_aligned(buf, len, off, f->align)) {
         pthread_rwlock_rdlock(&p->rmw);
         int r = write_full(p->fd, buf, len, off);
@@ -368,6 +380,7 @@ static void posix_destroy(vdk_file *f)
     struct posix_file *p = to_posix(f);
     close(p->fd);
     pthread_rwlock_destroy(&p->rmw);
+    pthread_mutex_destroy(&p->wlock);
     vdk_file_fini(f);
     free(p);
 }
@@ -565,6 +578,10 @@ int vdk_file_posix_open(const char *path, unsigned flags, int cache, vdk_file **
         r = vdk_fail(err, -ENOMEM, "%s: out of memory", path);
     if (r == 0 && pthread_rwlock_init(&p->rmw, NULL) != 0)
         r = vdk_fail(err, -ENOMEM, "%s: cannot create a lock", path);
+    else if (r == 0 && pthread_mutex_init(&p->wlock, NULL) != 0) {
+        pthread_rwlock_destroy(&p->rmw);
+        r = vdk_fail(err, -ENOMEM, "%s: cannot create a lock", path);
+    }
     if (r < 0) {
         close(p->fd);
         vdk_file_fini(&p->base);
