@@ -227,6 +227,13 @@ describe("vdk snapshot against qemu-img", function()
     -- the disk is stored once (uncompressed), not once per snapshot
     local info = require("cjson").decode(U.must("qemu-img info --output=json %s", U.q(dst)))
     assert.truthy(info["actual-size"] < 6 * 1024 * 1024, tostring(info["actual-size"]))
+    -- and the summary says how much was shared
+    os.remove(dst)
+    local out = must_vdk("convert", "--output=json", "--keep-snapshots", "-O", "qcow2", src, dst)
+    local t = require("cjson").decode(out)
+    assert.truthy(t["bytes-shared"] > 3 * 4 * 1024 * 1024 // 2, out)
+    assert.equal(t["virtual-size"], t["bytes-written"] + t["bytes-zeroed"] + t["bytes-skipped"]
+                 + t["bytes-shared"], out)
   end)
 
   -- qemu-img (v3 images) shrinks an image that has snapshots: they keep

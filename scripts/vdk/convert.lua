@@ -249,10 +249,14 @@ function M.summary(r)
               or ("%d images"):format(#r.sources)
   local p = r.progress
   local skipped = p.bytes_skipped + p.bytes_zeroed
-  return ("Converted %s to '%s' (%s): %s in %.2f s (%s/s); %s written, %s zero or unallocated")
+  local line = ("Converted %s to '%s' (%s): %s in %.2f s (%s/s); %s written, %s zero or unallocated")
     :format(src, r.target, r.format, human(p.total), p.elapsed,
             human(math.floor(p.elapsed > 0 and p.total / p.elapsed or 0)),
             human(p.bytes_written), human(skipped))
+  if (p.bytes_shared or 0) > 0 then -- convert --keep-snapshots
+    line = line .. (", %s shared with the previous snapshot"):format(human(p.bytes_shared))
+  end
+  return line
 end
 
 -- The --output=json object for a finished copy.
@@ -262,7 +266,8 @@ function M.summary_json(r)
     sources = json.array(r.sources), target = r.target, format = r.format,
     ["virtual-size"] = p.total, ["bytes-read"] = p.bytes_read,
     ["bytes-written"] = p.bytes_written, ["bytes-zeroed"] = p.bytes_zeroed,
-    ["bytes-skipped"] = p.bytes_skipped, milliseconds = math.floor(p.elapsed * 1000 + 0.5),
+    ["bytes-skipped"] = p.bytes_skipped, ["bytes-shared"] = p.bytes_shared,
+    milliseconds = math.floor(p.elapsed * 1000 + 0.5),
     rate = math.floor(p.elapsed > 0 and p.total / p.elapsed or 0),
     cache = r.cache, flushed = r.cache ~= "unsafe",
   })

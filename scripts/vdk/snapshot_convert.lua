@@ -91,7 +91,7 @@ local function copy_compressed_diff(d, pos, n, stats)
     local a = compressed_entries(d.base, d.prev_ref, d.cache, gc)
     local b = compressed_entries(d.base, d.view_ref, d.cache, gc)
     if a and a == b then
-      stats.bytes_skipped = stats.bytes_skipped + len
+      stats.bytes_shared = stats.bytes_shared + len
     else
       local ok, msg, code = copy_range(d.view, d.target, pos, len, false, stats)
       if not ok then return nil, msg, code end
@@ -115,7 +115,7 @@ local function copy_diff(d, stats)
     if not b then return nil, msg, code end
     local n = math.min(a.length, b.length)
     if same(a, b) then
-      stats.bytes_skipped = stats.bytes_skipped + n
+      stats.bytes_shared = stats.bytes_shared + n
     elseif a.compressed and b.compressed and a.depth == 0 and b.depth == 0
       and d.base.cluster_size > 0 then
       local ok
@@ -184,6 +184,7 @@ end
 function M.run(name, open_opts, target, show)
   local t0 = vdk.monotonic()
   local stats = { bytes_read = 0, bytes_written = 0, bytes_zeroed = 0, bytes_skipped = 0,
+                  bytes_shared = 0, -- left as the previous snapshot had it
                   done = 0, total = 0, interrupted = false }
   local base, msg, code = vdk.open(name, open_opts)
   if not base then return nil, msg, stats end
