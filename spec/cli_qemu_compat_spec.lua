@@ -9,13 +9,12 @@
 --
 -- Fields vdk does not produce (qemu-img prints them only for features vdk
 -- does not support yet):
---   "snapshots"                  internal snapshots: no snapshot API in vdk yet
 --   "encrypted"                  encrypted images are not supported
 --   format-specific "bitmaps"    persistent dirty bitmaps are not supported
 --   format-specific "encrypt"    encrypted images are not supported
 local U = require "support.util"
 
-local NOT_PRODUCED = { snapshots = true, encrypted = true, bitmaps = true, encrypt = true }
+local NOT_PRODUCED = { encrypted = true, bitmaps = true, encrypt = true }
 
 local cjson = U.cjson()
 
