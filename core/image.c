@@ -7,7 +7,8 @@
  * only callers of driver slots. They validate ranges and permissions, hold a
  * per-image mutex for drivers that are not parallel, emulate writethrough
  * caching with a flush after each write, prefix messages with the file name,
- * and walk the backing chain for block status.
+ * and walk the backing chain for block status. The wrappers of the internal
+ * snapshot slots are in image-snapshot.c.
  */
 #include <errno.h>
 #include <limits.h>
@@ -20,33 +21,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "driver.h"
+#include "image-int.h"
 
 /* Longest backing chain we open; deeper chains are almost surely loops. */
 #define VDK_MAX_CHAIN 256
 /* Bytes read from the start of a file to probe its format. */
 #define PROBE_LEN 4096
 
-struct vdk_image {
-    atomic_int refs;
-    const struct vdk_driver *drv;
-    void *priv;
-    vdk_file *file;
-    char *filename;
-    unsigned flags; /* VDK_OPEN_* */
-    int cache;
-    _Atomic uint64_t size;
-    uint32_t cluster_size;
-    bool probed_raw;      /* format guessed as raw: guard sector 0 */
-    pthread_mutex_t lock; /* serialises slots of non-parallel drivers */
-    char *backing_name;   /* as recorded in the image */
-    char *backing_fmt;    /* as recorded, or NULL */
-    char *backing_path;   /* resolved against the image's folder */
-    unsigned backing_flags;
-    vdk_image *backing;
-    dev_t dev;
-    ino_t ino;
-};
 
 /* ---------------------------------------------------------------- drivers */
 
@@ -500,18 +481,6 @@ static int check_range(vdk_image *img, uint64_t len, uint64_t off, bool write,
     return 0;
 }
 
-static void lock_slot(vdk_image *img)
-{
-    if (!img->drv->parallel)
-        pthread_mutex_lock(&img->lock);
-}
-
-static void unlock_slot(vdk_image *img)
-{
-    if (!img->drv->parallel)
-        pthread_mutex_unlock(&img->lock);
-}
-
 /* Common tail of every write: message prefix, writethrough flush. */
 static int after_write(vdk_image *img, int r, vdk_error *err)
 {
@@ -932,136 +901,4 @@ int vdk_image_check(vdk_image *img, unsigned mode, vdk_check_report *rep, vdk_er
     if (r < 0)
         vdk_error_prefix(err, img->filename);
     return r;
-}
-
-/* ---------------------------------------------------------------- internal snapshots */
-
-/* The image is open and its driver has the slot; write: must be writable. */
-static int snapshot_check(vdk_image *img, bool slot, int write, vdk_error *err)
-{
-    if (!img->drv)
-        return vdk_fail(err, -EBADF, "%s: image is closed", img->filename);
-    if (!slot)
-        return vdk_fail(err, VDK_EUNSUPPORTED,
-                        "%s: format '%s' does not support internal snapshots", img->filename,
-                        img->drv->name);
-    if (write > 0 && !(img->flags & VDK_OPEN_RDWR))
-        return vdk_fail(err, -EROFS, "%s: image is opened read-only", img->filename);
-    if (write < 0 && (img->flags & VDK_OPEN_RDWR))
-        return vdk_fail(err, -EINVAL,
-                        "%s: a snapshot can only be loaded into an image opened read-only",
-                        img->filename);
-    return 0;
-}
-
-static int snapshot_done(vdk_image *img, int r, vdk_error *err)
-{
-    if (r < 0)
-        vdk_error_prefix(err, img->filename);
-    return r;
-}
-
-int vdk_snapshot_list(vdk_image *img, vdk_snapshot_info **list, size_t *n, vdk_error *err)
-{
-    *list = NULL;
-    *n = 0;
-    if (img->drv && !img->drv->snapshot_list)
-        return 0; /* no internal snapshots: an empty list */
-    int r = snapshot_check(img, true, 0, err);
-    if (r == 0) {
-        lock_slot(img);
-        r = img->drv->snapshot_list(img, list, n, err);
-        unlock_slot(img);
-    }
-    return snapshot_done(img, r, err);
-}
-
-void vdk_snapshot_list_free(vdk_snapshot_info *list, size_t n)
-{
-    for (size_t i = 0; list && i < n; i++) {
-        free(list[i].id);
-        free(list[i].name);
-    }
-    free(list);
-}
-
-int vdk_snapshot_create(vdk_image *img, const vdk_snapshot_params *p, vdk_error *err)
-{
-    int r = snapshot_check(img, img->drv && img->drv->snapshot_create, 1,
-                           err);
-    if (r == 0 && (!p || !p->name))
-        r = vdk_fail(err, -EINVAL, "%s: a snapshot needs a name", img->filename);
-    if (r < 0)
-        return r;
-    lock_slot(img);
-    r = img->drv->snapshot_create(img, p, err);
-    unlock_slot(img);
-    return snapshot_done(img, r, err);
-}
-
-/* Shared by apply, delete and load: one slot taking an ID. */
-static int snapshot_by_id(vdk_image *img, int (*slot)(vdk_image *, const char *, vdk_error *),
-                          const char *id, int write, vdk_error *err)
-{
-    int r = snapshot_check(img, slot != NULL, write, err);
-    if (r == 0 && !id)
-        r = vdk_fail(err, -EINVAL, "%s: no snapshot ID given", img->filename);
-    if (r < 0)
-        return r;
-    lock_slot(img);
-    r = slot(img, id, err);
-    unlock_slot(img);
-    return snapshot_done(img, r, err);
-}
-
-int vdk_snapshot_apply(vdk_image *img, const char *id, vdk_error *err)
-{
-    return snapshot_by_id(img, img->drv ? img->drv->snapshot_apply : NULL, id, 1, err);
-}
-
-int vdk_snapshot_delete(vdk_image *img, const char *id, vdk_error *err)
-{
-    return snapshot_by_id(img, img->drv ? img->drv->snapshot_delete : NULL, id, 1, err);
-}
-
-int vdk_snapshot_load(vdk_image *img, const char *id, vdk_error *err)
-{
-    return snapshot_by_id(img, img->drv ? img->drv->snapshot_load : NULL, id, -1, err);
-}
-
-int vdk_vmstate_write(vdk_image *img, const void *buf, size_t len, uint64_t pos,
-                      vdk_error *err)
-{
-    int r = snapshot_check(img, img->drv && img->drv->vmstate_write, 1,
-                           err);
-    if (r < 0 || len == 0)
-        return r;
-    lock_slot(img);
-    r = img->drv->vmstate_write(img, buf, len, pos, err);
-    unlock_slot(img);
-    return snapshot_done(img, r, err);
-}
-
-void vdk_vmstate_discard(vdk_image *img)
-{
-    if (!img->drv || !img->drv->vmstate_discard)
-        return;
-    lock_slot(img);
-    img->drv->vmstate_discard(img);
-    unlock_slot(img);
-}
-
-int vdk_vmstate_read(vdk_image *img, const char *id, void *buf, size_t len, uint64_t pos,
-                     vdk_error *err)
-{
-    int r = snapshot_check(img, img->drv && img->drv->vmstate_read, 0,
-                           err);
-    if (r == 0 && !id)
-        r = vdk_fail(err, -EINVAL, "%s: no snapshot ID given", img->filename);
-    if (r < 0 || len == 0)
-        return r;
-    lock_slot(img);
-    r = img->drv->vmstate_read(img, id, buf, len, pos, err);
-    unlock_slot(img);
-    return snapshot_done(img, r, err);
 }

@@ -4,6 +4,7 @@ set(VDK_CORE_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/error.c
   ${CMAKE_CURRENT_LIST_DIR}/opts.c
   ${CMAKE_CURRENT_LIST_DIR}/image.c
+  ${CMAKE_CURRENT_LIST_DIR}/image-snapshot.c
   ${CMAKE_CURRENT_LIST_DIR}/cache.c
   ${CMAKE_CURRENT_LIST_DIR}/file.c
   ${CMAKE_CURRENT_LIST_DIR}/file-posix.c
