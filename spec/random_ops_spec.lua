@@ -1,6 +1,6 @@
--- spec/qcow2_random_ops_spec.lua: random sequences of writes, zero writes,
--- snapshot create / apply / delete and resizes (both ways) on qcow2 images
--- of several layouts, through the Lua module, checked against a model kept
+-- spec/random_ops_spec.lua: random sequences of writes, zero writes,
+-- snapshot create / apply / delete (qcow2) and resizes (both ways) on qcow2
+-- and QED images of several layouts, through the Lua module, checked against a model kept
 -- in memory: the disk and every snapshot's view (with its own size) must
 -- read as the model says after every few steps, and qemu-img check must
 -- find the image clean whenever it is closed. The seeds are fixed, so a
@@ -20,6 +20,8 @@ local LAYOUTS = {
   { "64-bit refcounts", { cluster_size = 8192, refcount_bits = 64 } },
   { "2 MiB clusters", { cluster_size = 2097152 } },
   { "v2 (no resize with snapshots)", { cluster_size = 65536, compat = "0.10" } },
+  { "QED, 64k clusters", { cluster_size = 65536 }, "qed" },
+  { "QED, 4k clusters", { cluster_size = 4096 }, "qed" },
 }
 
 -- A tiny deterministic generator (the same sequence on every Lua).
@@ -37,9 +39,10 @@ end
 
 local function run(dir, layout, seed, steps)
   local opts = layout[2]
-  local path = ("%s/r%d.qcow2"):format(dir, seed)
+  local format = layout[3] or "qcow2"
+  local path = ("%s/r%d.%s"):format(dir, seed, format)
   local cs = opts.cluster_size
-  local create = { format = "qcow2", size = 8 * MB }
+  local create = { format = format, size = 8 * MB }
   for k, v in pairs(opts) do create[k] = v end
   local img = assert(vdk.create(path, create))
   local model, snaps, names, log = string.rep("\0", 8 * MB), {}, {}, {}
@@ -85,7 +88,7 @@ local function run(dir, layout, seed, steps)
       log[#log + 1] = ("zero %d+%d%s"):format(off, len, unmap and " unmap" or "")
       assert(img:write_zeroes(off, len, { unmap = unmap }))
       model = put(model, off, string.rep("\0", len))
-    elseif r <= 60 then
+    elseif r <= 60 and format == "qcow2" then
       local name = "s" .. step
       log[#log + 1] = "snapshot " .. name
       assert(img:snapshot_create(name))
@@ -117,7 +120,7 @@ local function run(dir, layout, seed, steps)
   img:close()
 end
 
-describe("qcow2 under random operations with snapshots and resizes", function()
+describe("qcow2 and QED under random operations, snapshots and resizes", function()
   for i, layout in ipairs(LAYOUTS) do
     it("keeps the disk and every snapshot as the model says (" .. layout[1] .. ")", function()
       local dir = U.tmpdir()
