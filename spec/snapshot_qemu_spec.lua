@@ -234,6 +234,22 @@ describe("vdk snapshot against qemu-img", function()
     assert.truthy(t["bytes-shared"] > 3 * 4 * 1024 * 1024 // 2, out)
     assert.equal(t["virtual-size"], t["bytes-written"] + t["bytes-zeroed"] + t["bytes-skipped"]
                  + t["bytes-shared"], out)
+    -- with -c, compressed: smaller still, every view the same, still shared
+    local dc = dir .. "/dc.qcow2"
+    must_vdk("convert", "-q", "-c", "--keep-snapshots", "-O", "qcow2", src, dc)
+    check_clean(dc, "the compressed copy")
+    for _, name in ipairs({ "one", "two", "three" }) do
+      local a, b = dir .. "/1.raw", dir .. "/2.raw"
+      os.remove(a)
+      os.remove(b)
+      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(src), U.q(a))
+      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(dc), U.q(b))
+      assert.is_true(U.read_file(a) == U.read_file(b), "compressed copy, " .. name)
+    end
+    U.must("qemu-img compare -q %s %s", U.q(src), U.q(dc))
+    local cinfo = require("cjson").decode(U.must("qemu-img info --output=json %s", U.q(dc)))
+    assert.truthy(cinfo["actual-size"] < info["actual-size"] // 4,
+                  cinfo["actual-size"] .. " vs " .. info["actual-size"])
   end)
 
   -- qemu-img (v3 images) shrinks an image that has snapshots: they keep

@@ -17,7 +17,7 @@
 -- where a compressed cluster is stored, so compressed ranges of the image
 -- itself are compared cluster by cluster through their L2 entries (the
 -- inspection query img:l2): the same compressed entry is the same data.
--- Compressed data is written back uncompressed.
+-- Data is written uncompressed unless -c asks for compression.
 local vdk = require "vdk"
 local savevm = require "vdk.savevm"
 
@@ -38,13 +38,36 @@ local function status(img, pos, len)
   return img:block_status(pos, math.min(len, img.size - pos))
 end
 
--- Copy [pos, pos+len) of view into target.
-local function copy_range(view, target, pos, len, zero, stats)
+-- With compression (-c), the data of [pos, pos+len) goes out as whole
+-- compressed target clusters: the range is widened to cluster boundaries
+-- and the widened part written with the view's data too, which is what the
+-- target must hold there in the end (where the views agree, the target
+-- already holds it).
+local function copy_compressed(view, target, pos, len, stats)
+  local cs = target.cluster_size
+  local first, stop = pos // cs * cs, math.min((pos + len + cs - 1) // cs * cs, view.size)
+  local chunk = math.max(cs, CHUNK // cs * cs)
+  for at = first, stop - 1, chunk do
+    local n = math.min(chunk, stop - at)
+    local data, msg, code = view:read(at, n)
+    if not data then return nil, msg, code end
+    local ok
+    ok, msg, code = target:write_compressed(at, data)
+    if not ok then return nil, msg, code end
+    stats.bytes_read = stats.bytes_read + n
+  end
+  stats.bytes_written = stats.bytes_written + len
+  return true
+end
+
+-- Copy [pos, pos+len) of view into target (compressed: see above).
+local function copy_range(view, target, pos, len, zero, stats, compress)
   if zero then
     local ok, msg, code = target:write_zeroes(pos, len, { unmap = true })
     stats.bytes_zeroed = stats.bytes_zeroed + len
     return ok, msg, code
   end
+  if compress then return copy_compressed(view, target, pos, len, stats) end
   local stop = pos + len
   while pos < stop do
     local n = math.min(CHUNK, stop - pos)
@@ -93,7 +116,7 @@ local function copy_compressed_diff(d, pos, n, stats)
     if a and a == b then
       stats.bytes_shared = stats.bytes_shared + len
     else
-      local ok, msg, code = copy_range(d.view, d.target, pos, len, false, stats)
+      local ok, msg, code = copy_range(d.view, d.target, pos, len, false, stats, d.compress)
       if not ok then return nil, msg, code end
     end
     pos = pos + len
@@ -123,7 +146,7 @@ local function copy_diff(d, stats)
       if not ok then return nil, msg, code end
     else
       local ok
-      ok, msg, code = copy_range(view, target, pos, n, b.zero, stats)
+      ok, msg, code = copy_range(view, target, pos, n, b.zero, stats, d.compress)
       if not ok then return nil, msg, code end
     end
     pos = pos + n
@@ -132,9 +155,9 @@ local function copy_diff(d, stats)
   return true
 end
 
-local function full_copy(view, target, stats, show)
+local function full_copy(view, target, stats, show, compress)
   local job, msg, code = vdk.copy{ source = view, target = target, fresh_target = true,
-                                   on_progress = show }
+                                   compress = compress, on_progress = show }
   if not job then return nil, msg, code end
   local ok
   ok, msg, code = job:wait()
@@ -179,9 +202,11 @@ local function view_of(name, open_opts, s)
   return img
 end
 
--- Copy source (its path and open options) into target with every snapshot.
--- Returns ok, message, progress (as a copy job's, for the summary).
-function M.run(name, open_opts, target, show)
+-- Copy source (its path and open options) into target with every snapshot;
+-- compress: write the data compressed (convert -c). Returns ok, message,
+-- progress (as a copy job's, for the summary).
+function M.run(name, open_opts, target, show, compress)
+  compress = compress or false
   local t0 = vdk.monotonic()
   local stats = { bytes_read = 0, bytes_written = 0, bytes_zeroed = 0, bytes_skipped = 0,
                   bytes_shared = 0, -- left as the previous snapshot had it
@@ -203,8 +228,8 @@ function M.run(name, open_opts, target, show)
       if prev then
         ok, msg, code = copy_diff({ prev = prev, view = view, target = target, base = base,
                                     prev_ref = prev_ref, view_ref = s and s.id,
-                                    cache = l2_cache }, stats)
-      else ok, msg, code = full_copy(view, target, stats, show) end
+                                    cache = l2_cache, compress = compress }, stats)
+      else ok, msg, code = full_copy(view, target, stats, show, compress) end
     end
     if ok and s then
       ok, msg, code = take(base, s, target)

@@ -107,8 +107,8 @@ local function check(opts, operands)
   if opts["keep-snapshots"] then
     if opts.l then return nil, "--keep-snapshots and -l cannot be used together" end
     if #operands > 2 then return nil, "--keep-snapshots copies one source" end
-    if opts.n or opts.c or opts.B or (opts.O or "raw") ~= "qcow2" then
-      return nil, "--keep-snapshots needs a new qcow2 target (-O qcow2), without -n, -c or -B"
+    if opts.n or opts.B or (opts.O or "raw") ~= "qcow2" then
+      return nil, "--keep-snapshots needs a new qcow2 target (-O qcow2), without -n or -B"
     end
   end
   local c = { sources = table.move(operands, 1, #operands - 1, 1, {}),
@@ -248,7 +248,7 @@ function convert.run(opts, operands)
                                              fd = c.progress_fd }
     ok, err, progress = require("vdk.snapshot_convert").run(c.sources[1],
       { format = opts.f, cache = c.src_cache, force_share = opts.U or false }, target,
-      (opts.p or c.progress_fd) and show or nil)
+      (opts.p or c.progress_fd) and show or nil, opts.c or false)
     finish()
   else
     ok, err, progress = copy(c, opts, sources, target)
