@@ -1,11 +1,11 @@
--- spec/random_ops_spec.lua: random sequences of writes, zero writes,
--- snapshot create / apply / delete (qcow2) and resizes (both ways) on qcow2
--- and QED images of several layouts, through the Lua module, checked against a model kept
--- in memory: the disk and every snapshot's view (with its own size) must
--- read as the model says after every few steps, and qemu-img check must
--- find the image clean whenever it is closed. The seeds are fixed, so a
--- failure names the seed and step that reproduce it; the operation log is
--- printed with it.
+-- spec/random_ops_spec.lua: random sequences of writes, compressed writes
+-- and snapshot create / apply / delete (qcow2), zero writes and resizes
+-- (both ways) on qcow2 and QED images of several layouts, through the Lua
+-- module, checked against a model kept in memory: the disk and every
+-- snapshot's view (with its own size) must read as the model says after
+-- every few steps, and qemu-img check must find the image clean whenever it
+-- is closed. The seeds are fixed, so a failure names the seed and step that
+-- reproduce it; the operation log is printed with it.
 local U = require "support.util"
 local vdk = require "vdk"
 
@@ -74,7 +74,13 @@ local function run(dir, layout, seed, steps)
   for step = 1, steps do
     where = "step " .. step
     local r, size = rand(1, 100), img.size
-    if r <= 40 then
+    if r <= 5 and format == "qcow2" and size >= cs then
+      local off = rand(0, size // cs - 1) * cs
+      local data = string.rep(string.char(rand(1, 255)) .. "compressible", cs // 13 + 1):sub(1, cs)
+      log[#log + 1] = ("write compressed %d+%d"):format(off, cs)
+      assert(img:write_compressed(off, data))
+      model = put(model, off, data)
+    elseif r <= 40 then
       local off = rand(0, size // 512 - 1) * 512
       local len = math.min(size - off, rand(1, 3 * cs // 512) * 512)
       local data = string.rep(string.char(rand(1, 255)), len)
