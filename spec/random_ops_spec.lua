@@ -42,10 +42,10 @@ local function run(dir, layout, seed, steps)
   local format = layout[3] or "qcow2"
   local path = ("%s/r%d.%s"):format(dir, seed, format)
   local cs = opts.cluster_size
-  local create = { format = format, size = 8 * MB }
+  local create = { format = format, size = 4 * MB }
   for k, v in pairs(opts) do create[k] = v end
   local img = assert(vdk.create(path, create))
-  local model, snaps, names, log = string.rep("\0", 8 * MB), {}, {}, {}
+  local model, snaps, names, log = string.rep("\0", 4 * MB), {}, {}, {}
   local rand = rng(seed)
   local where
   local function ctx() return ("%s, seed %d, %s; log: %s"):format(layout[1], seed, where,
@@ -111,7 +111,7 @@ local function run(dir, layout, seed, steps)
       assert(img:snapshot_apply(name))
       model = snaps[name]
     elseif r <= 80 and not (opts.compat == "0.10" and #names > 0) then
-      local new = rand(1, 16 * MB // 512) * 512
+      local new = rand(1, 8 * MB // 512) * 512
       log[#log + 1] = ("resize %d -> %d"):format(size, new)
       assert(img:resize(new, { shrink = new < size }))
       model = new < size and model:sub(1, new) or model .. string.rep("\0", new - size)
