@@ -73,7 +73,7 @@ end
 function cli.general_help()
   local lines = {
     "usage: vdk [--help | --version] command [command options]",
-    "vdk: a disk image tool (raw, qcow2) with a Lua engine",
+    "vdk: a disk image tool (raw, qcow2, QED, NBD exports) with a Lua engine",
     "",
     "Commands:",
   }
