@@ -113,11 +113,6 @@ describe("vdk create", function()
 end)
 
 describe("vdk create qcow2", function()
-  if not U.has_format("qcow2") then
-    pending("the qcow2 driver is not built yet")
-    return
-  end
-
   it("prints the same Formatting line as qemu-img", function()
     local dir = U.tmpdir()
     U.must("qemu-img create -q -f qcow2 %s/base.qcow2 16M", dir)

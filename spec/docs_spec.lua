@@ -109,18 +109,14 @@ describe("documentation examples", function()
     end)
     for _, block in ipairs(blocks) do
       local name = ("%s:%d runs"):format(doc, block.line)
-      if block.code:find('format%s*=%s*"qcow2"') and not U.has_format("qcow2") then
-        pending(name .. " (needs the qcow2 driver)")
-      else
-        it(name, function()
-          local dir = U.tmpdir()
-          local script = dir .. "/example.lua"
-          U.write_file(script, block.code)
-          local code, out, err = U.vdk_cmd("run", script)
-          assert.equal(0, code, ("%s\n%s%s"):format(name, out, err))
-          assert.equal("", err)
-        end)
-      end
+      it(name, function()
+        local dir = U.tmpdir()
+        local script = dir .. "/example.lua"
+        U.write_file(script, block.code)
+        local code, out, err = U.vdk_cmd("run", script)
+        assert.equal(0, code, ("%s\n%s%s"):format(name, out, err))
+        assert.equal("", err)
+      end)
     end
   end
 end)

@@ -390,11 +390,6 @@ describe("image lifetime", function()
 end)
 
 describe("qcow2 images", function()
-  if not U.has_format("qcow2") then
-    pending("the qcow2 driver is not built yet")
-    return
-  end
-
   it("create passes qemu-img's options and returns the image", function()
     local dir = U.tmpdir()
     local path = dir .. "/o.qcow2"
