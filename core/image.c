@@ -732,11 +732,16 @@ static int chain_status(vdk_image *img, uint64_t off, uint64_t len, unsigned qfl
         bool no_backing = !img->backing_name;
         if (qflags & VDK_BS_TOP_ONLY || !b || off >= vdk_image_size(b)) {
             /* Unallocated here. Reads give zeros unless a backing file
-             * that was not opened would supply them. */
+             * that was not opened would supply them. Without any backing
+             * file a host offset the layer gave stays (QEMU keeps it). */
+            bool keep = no_backing && (ext->flags & VDK_BS_OFFSET_VALID);
             ext->flags = (no_backing || b) ? VDK_BS_ZERO : 0;
             if (qflags & VDK_BS_TOP_ONLY && b && off < vdk_image_size(b))
                 ext->flags = 0;
-            ext->offset = 0;
+            if (keep)
+                ext->flags |= VDK_BS_OFFSET_VALID;
+            else
+                ext->offset = 0;
             return 0;
         }
         uint64_t bsize = vdk_image_size(b);

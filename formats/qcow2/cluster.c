@@ -222,6 +222,7 @@ static int sc_kind(const qcow2_state *s, const qcow2_cinfo *ci, uint32_t sc, uin
         *host = h;
         return QCOW2_ZERO;
     }
+    *host = h; /* an unallocated subcluster of an allocated cluster has one */
     return QCOW2_UNALLOC;
 }
 
@@ -240,9 +241,8 @@ static bool extend(qcow2_map *m, bool merge_compressed, int kind, uint64_t host,
         return false;
     if (kind == QCOW2_COMPRESSED && !merge_compressed)
         return false;
-    if ((kind == QCOW2_DATA || kind == QCOW2_ZERO) &&
-        (has_host != (m->host != 0) || (has_host && host != m->host + m->bytes)))
-        return false;
+    if (has_host != (m->host != 0) || (has_host && host != m->host + m->bytes))
+        return false; /* compressed units never have one */
     m->bytes += len;
     return true;
 }
@@ -255,7 +255,8 @@ static uint64_t unit_in_cluster(const qcow2_state *s, const qcow2_cinfo *ci, uin
     uint32_t sc = (uint32_t)(in >> s->sc_bits), j;
     uint64_t h, h2;
     *kind = sc_kind(s, ci, sc, &h);
-    *has_host = (*kind == QCOW2_DATA) || (*kind == QCOW2_ZERO && ci->has_host);
+    *has_host = (*kind == QCOW2_DATA) || (*kind == QCOW2_ZERO && ci->has_host) ||
+                (*kind == QCOW2_UNALLOC && s->ext_l2 && ci->has_host);
     for (j = sc + 1; j < s->nsub; j++)
         if (sc_kind(s, ci, j, &h2) != *kind)
             break;

@@ -6,7 +6,9 @@
  * Data: DATA | ALLOCATED | OFFSET_VALID. Zero clusters (zero flag or
  * subcluster zero bits): ZERO | ALLOCATED, plus OFFSET_VALID when a host
  * cluster is preallocated. Compressed: DATA | ALLOCATED | COMPRESSED.
- * Unallocated (clusters or subclusters): no flags, the core asks below.
+ * Unallocated (clusters or subclusters): no flags, the core asks below;
+ * an unallocated subcluster of an allocated cluster also has its host
+ * offset (OFFSET_VALID), as in QEMU.
  *
  * Like QEMU, when the image looks preallocated (far more clusters have a
  * refcount than the file really holds), data answers carry VDK_BS_RECURSE
@@ -71,7 +73,13 @@ int qcow2_block_status(vdk_image *img, uint64_t off, uint64_t len, vdk_extent *e
         ext->flags = VDK_BS_DATA | VDK_BS_ALLOCATED | VDK_BS_COMPRESSED;
         break;
     default:
+        /* Unallocated; subclusters of an allocated cluster (extended L2)
+         * keep their host offset, as QEMU reports it. */
         ext->flags = 0;
+        if (m.host && s->data_file == s->file) {
+            ext->flags = VDK_BS_OFFSET_VALID;
+            ext->offset = m.host;
+        }
         break;
     }
     return 0;
