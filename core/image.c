@@ -732,9 +732,11 @@ static int chain_status(vdk_image *img, uint64_t off, uint64_t len, unsigned qfl
         bool no_backing = !img->backing_name;
         if (qflags & VDK_BS_TOP_ONLY || !b || off >= vdk_image_size(b)) {
             /* Unallocated here. Reads give zeros unless a backing file
-             * that was not opened would supply them. Without any backing
-             * file a host offset the layer gave stays (QEMU keeps it). */
-            bool keep = no_backing && (ext->flags & VDK_BS_OFFSET_VALID);
+             * that was not opened would supply them. Where the zeros are
+             * this layer's answer (no backing file, or past its end), a
+             * host offset the layer gave stays, as QEMU keeps it. */
+            bool keep = (ext->flags & VDK_BS_OFFSET_VALID) &&
+                        (no_backing || (b && off >= vdk_image_size(b)));
             ext->flags = (no_backing || b) ? VDK_BS_ZERO : 0;
             if (qflags & VDK_BS_TOP_ONLY && b && off < vdk_image_size(b))
                 ext->flags = 0;

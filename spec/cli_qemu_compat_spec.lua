@@ -156,6 +156,19 @@ describe("vdk agrees with qemu-img on qcow2 images", function()
     agree_all(dir, "e.qcow2")
   end)
 
+  -- The same over a shorter backing file: past its end the zeros are the
+  -- top layer's answer and keep the offset; inside it the backing answers.
+  it("extended L2 entries over a shorter backing file", function()
+    local dir = U.tmpdir()
+    sh("qemu-img create -q -f qcow2 %s/b.qcow2 4M", dir)
+    sh("qemu-io -f qcow2 -c 'write -P 7 1M 300k' %s/b.qcow2", dir)
+    sh("qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=128k -b b.qcow2 -F qcow2 "
+       .. "%s/e.qcow2 16M", dir)
+    sh("qemu-io -f qcow2 -c 'write -P 1 1M 4k' -c 'write -P 2 6M 8k' -c 'write -z 6200k 4k' "
+       .. "-c 'write -P 3 4092k 8k' %s/e.qcow2", dir)
+    agree_all(dir, "e.qcow2")
+  end)
+
   it("preallocated metadata", function()
     local dir = U.tmpdir()
     sh("qemu-img create -q -f qcow2 -o preallocation=metadata %s/p.qcow2 10M", dir)
