@@ -46,6 +46,20 @@ local function same_views(dir, path, names, ctx)
   end
 end
 
+-- A copy and its source read the same through qemu-img, snapshot by
+-- snapshot (convert -l NAME) and for the current disk (compare).
+local function copy_agrees(dir, src, dst, names, ctx)
+  for _, name in ipairs(names) do
+    local a, b = dir .. "/1.raw", dir .. "/2.raw"
+    os.remove(a)
+    os.remove(b)
+    U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(src), U.q(a))
+    U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(dst), U.q(b))
+    assert.is_true(U.read_file(a) == U.read_file(b), ctx .. ", snapshot " .. name)
+  end
+  U.must("qemu-img compare -q %s %s", U.q(src), U.q(dst))
+end
+
 -- (More layouts: tests/c/test_snapshot_basic.c.)
 local LAYOUTS = {
   { "64k clusters", "cluster_size=64k" },
@@ -184,15 +198,7 @@ describe("vdk snapshot against qemu-img", function()
     check_clean(dst, "the copy")
     assert.equal(must_vdk("snapshot", "-l", src), must_vdk("snapshot", "-l", dst))
     assert.equal(U.must("qemu-img snapshot -l %s", U.q(src)), U.must("qemu-img snapshot -l %s", U.q(dst)))
-    for _, name in ipairs({ "b", "c" }) do
-      local a, b = dir .. "/1.raw", dir .. "/2.raw"
-      os.remove(a)
-      os.remove(b)
-      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(src), U.q(a))
-      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(dst), U.q(b))
-      assert.is_true(U.read_file(a) == U.read_file(b), name)
-    end
-    U.must("qemu-img compare -q %s %s", U.q(src), U.q(dst))
+    copy_agrees(dir, src, dst, { "b", "c" }, "the copy")
     -- 8 MiB of data shared by two snapshots and the disk: stored once
     local info = require("cjson").decode(U.must("qemu-img info --output=json %s", U.q(dst)))
     assert.truthy(info["actual-size"] < 16 * 1024 * 1024, tostring(info["actual-size"]))
@@ -215,15 +221,7 @@ describe("vdk snapshot against qemu-img", function()
     U.must("qemu-img snapshot -c three %s", U.q(src))
     must_vdk("convert", "-q", "--keep-snapshots", "-O", "qcow2", src, dst)
     check_clean(dst, "the copy")
-    for _, name in ipairs({ "one", "two", "three" }) do
-      local a, b = dir .. "/1.raw", dir .. "/2.raw"
-      os.remove(a)
-      os.remove(b)
-      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(src), U.q(a))
-      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(dst), U.q(b))
-      assert.is_true(U.read_file(a) == U.read_file(b), name)
-    end
-    U.must("qemu-img compare -q %s %s", U.q(src), U.q(dst))
+    copy_agrees(dir, src, dst, { "one", "two", "three" }, "the copy")
     -- the disk is stored once (uncompressed), not once per snapshot
     local info = require("cjson").decode(U.must("qemu-img info --output=json %s", U.q(dst)))
     assert.truthy(info["actual-size"] < 6 * 1024 * 1024, tostring(info["actual-size"]))
@@ -238,15 +236,7 @@ describe("vdk snapshot against qemu-img", function()
     local dc = dir .. "/dc.qcow2"
     must_vdk("convert", "-q", "-c", "--keep-snapshots", "-O", "qcow2", src, dc)
     check_clean(dc, "the compressed copy")
-    for _, name in ipairs({ "one", "two", "three" }) do
-      local a, b = dir .. "/1.raw", dir .. "/2.raw"
-      os.remove(a)
-      os.remove(b)
-      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(src), U.q(a))
-      U.must("qemu-img convert -l %s -O raw %s %s", name, U.q(dc), U.q(b))
-      assert.is_true(U.read_file(a) == U.read_file(b), "compressed copy, " .. name)
-    end
-    U.must("qemu-img compare -q %s %s", U.q(src), U.q(dc))
+    copy_agrees(dir, src, dc, { "one", "two", "three" }, "compressed copy")
     local cinfo = require("cjson").decode(U.must("qemu-img info --output=json %s", U.q(dc)))
     assert.truthy(cinfo["actual-size"] < info["actual-size"] // 4,
                   cinfo["actual-size"] .. " vs " .. info["actual-size"])

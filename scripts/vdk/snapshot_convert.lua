@@ -38,49 +38,46 @@ local function status(img, pos, len)
   return img:block_status(pos, math.min(len, img.size - pos))
 end
 
--- With compression (-c), the data of [pos, pos+len) goes out as whole
--- compressed target clusters: the range is widened to cluster boundaries
--- and the widened part written with the view's data too, which is what the
--- target must hold there in the end (where the views agree, the target
--- already holds it).
-local function copy_compressed(view, target, pos, len, stats)
-  local cs = target.cluster_size
-  local first, stop = pos // cs * cs, math.min((pos + len + cs - 1) // cs * cs, view.size)
-  local chunk = math.max(cs, CHUNK // cs * cs)
+-- Read [first, stop) of view in chunks of chunk bytes and hand each to
+-- write(offset, data).
+local function transfer(view, first, stop, chunk, write, stats)
   for at = first, stop - 1, chunk do
     local n = math.min(chunk, stop - at)
     local data, msg, code = view:read(at, n)
     if not data then return nil, msg, code end
     local ok
-    ok, msg, code = target:write_compressed(at, data)
+    ok, msg, code = write(at, data)
     if not ok then return nil, msg, code end
     stats.bytes_read = stats.bytes_read + n
   end
-  stats.bytes_written = stats.bytes_written + len
   return true
 end
 
--- Copy [pos, pos+len) of view into target (compressed: see above).
+-- Copy [pos, pos+len) of view into target. With compression (-c) the data
+-- goes out as whole compressed target clusters: the range is widened to
+-- cluster boundaries and the widened part written with the view's data
+-- too, which is what the target must hold there in the end (where the
+-- views agree, the target already holds it).
 local function copy_range(view, target, pos, len, zero, stats, compress)
   if zero then
     local ok, msg, code = target:write_zeroes(pos, len, { unmap = true })
     stats.bytes_zeroed = stats.bytes_zeroed + len
     return ok, msg, code
   end
-  if compress then return copy_compressed(view, target, pos, len, stats) end
-  local stop = pos + len
-  while pos < stop do
-    local n = math.min(CHUNK, stop - pos)
-    local data, msg, code = view:read(pos, n)
-    if not data then return nil, msg, code end
-    local ok
-    ok, msg, code = target:write(pos, data)
-    if not ok then return nil, msg, code end
-    stats.bytes_read = stats.bytes_read + n
-    stats.bytes_written = stats.bytes_written + n
-    pos = pos + n
+  local ok, msg, code
+  if compress then
+    local cs = target.cluster_size
+    local first = pos // cs * cs
+    local stop = math.min((pos + len + cs - 1) // cs * cs, view.size)
+    ok, msg, code = transfer(view, first, stop, math.max(cs, CHUNK // cs * cs),
+                             function(at, data) return target:write_compressed(at, data) end,
+                             stats)
+  else
+    ok, msg, code = transfer(view, pos, pos + len, CHUNK,
+                             function(at, data) return target:write(at, data) end, stats)
   end
-  return true
+  if ok then stats.bytes_written = stats.bytes_written + len end
+  return ok, msg, code
 end
 
 -- The raw L2 entries of the image's compressed clusters, as seen through
