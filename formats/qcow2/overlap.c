@@ -121,14 +121,19 @@ void qcow2_l2set_change(qcow2_state *s, uint64_t old_entry, uint64_t new_entry)
     l2set_add(s, nw);
 }
 
-/* The set again from the L1 table (after it was replaced). */
-void qcow2_l2set_rebuild(qcow2_state *s)
+static void l2set_clear(qcow2_state *s)
 {
     free(s->l2set);
     free(s->l2set_count);
     s->l2set = NULL;
     s->l2set_count = NULL;
     s->l2set_cap = s->l2set_used = 0;
+}
+
+/* The set again from the L1 table (after it was replaced). */
+void qcow2_l2set_rebuild(qcow2_state *s)
+{
+    l2set_clear(s);
     for (uint64_t i = 0; s->l1 && i < s->l1_size; i++)
         l2set_add(s, s->l1[i] & QCOW2_OFFSET_MASK);
 }
@@ -211,14 +216,10 @@ void qcow2_overlap_free(qcow2_state *s)
 {
     free(s->rbset);
     free(s->fixed_iv);
-    free(s->l2set);
-    free(s->l2set_count);
     s->rbset = NULL;
     s->fixed_iv = NULL;
-    s->l2set = NULL;
-    s->l2set_count = NULL;
     s->rbset_cap = s->rbset_n = s->n_fixed_iv = 0;
-    s->l2set_cap = s->l2set_used = 0;
+    l2set_clear(s);
 }
 
 /* Refresh after the L1 table or refcount table moved. */
